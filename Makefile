@@ -1,0 +1,34 @@
+# Quickstart: `make demo` then `make test`. Both install first and are idempotent.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.degl-installed
+
+.PHONY: install data demo test lint clean
+
+install: $(STAMP) data
+
+# torch and torchvision are capped in pyproject.toml at the versions this project is tested with
+# (2.14.1 / 0.29.1); pip takes them from local wheels where the machine has them.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+data: $(STAMP)
+	@PYTHON=$(BIN)/python sh scripts/install-data.sh
+
+demo: install
+	$(BIN)/degl compare --methods dgl,backprop,sgl --model cnn4 --width 0.25 --stages 4 --epochs 2 \
+		--no-augment --out runs/demo
+
+test: install
+	DEGL_REQUIRE_DATA=1 $(BIN)/pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,29 @@
+"""degl: Decoupled Greedy Learning of deep networks.
+
+A network is cut into K stages; each stage has its own auxiliary classifier, local loss and
+optimizer and passes its output on detached, so no stage waits for a backward pass from above.
+"""
+
+from degl.core.evaluate import evaluate
+from degl.core.methods import DGL, Backprop, SequentialGreedy, build_method
+from degl.core.split import build_stages, split_blocks
+from degl.core.stage import Stage
+from degl.errors import UserError
+from degl.models import build_model, list_models
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DGL",
+    "Backprop",
+    "SequentialGreedy",
+    "Stage",
+    "UserError",
+    "__version__",
+    "build_method",
+    "build_model",
+    "build_stages",
+    "evaluate",
+    "list_models",
+    "split_blocks",
+]

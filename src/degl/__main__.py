@@ -1,0 +1,3 @@
+from degl.cli import main
+
+raise SystemExit(main())

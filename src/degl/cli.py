@@ -1,0 +1,237 @@
+"""``degl`` command line: parse, build, run. Errors a user can cause exit 2 with one line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from degl.config import TrainConfig, _base_type, _field_types, config_fields, load_config_file, make_config
+from degl.errors import UserError
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, like every other user error
+        self.exit(2, f"degl: error: {message}; see '{self.prog} --help'\n")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_train_options(parser: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
+    """One flag per :class:`TrainConfig` field, defaulting to 'not given' so config files can fill them."""
+    types = _field_types()
+    defaults = TrainConfig()
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for f in config_fields():
+        if f.name in exclude:
+            continue
+        kind, _ = _base_type(types[f.name])
+        group_name = _group_of(f.name)
+        group = groups.setdefault(group_name, parser.add_argument_group(group_name))
+        help_text = f"{f.metadata['help']} (default: {getattr(defaults, f.name)})"
+        if kind is bool:
+            group.add_argument(
+                _flag(f.name),
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=help_text,
+            )
+        else:
+            group.add_argument(
+                _flag(f.name),
+                dest=f.name,
+                type=kind,
+                default=argparse.SUPPRESS,
+                choices=f.metadata.get("choices"),
+                help=help_text,
+                metavar=f.name.upper() if not f.metadata.get("choices") else None,
+            )
+
+
+def _group_of(name: str) -> str:
+    order = [f.name for f in config_fields()]
+    if order.index(name) < order.index("dataset"):
+        return "what to train"
+    if order.index(name) < order.index("epochs"):
+        return "data"
+    if order.index(name) < order.index("seed"):
+        return "optimisation"
+    return "execution"
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="degl", description="Decoupled Greedy Learning of deep networks.")
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
+
+    train = sub.add_parser(
+        "train",
+        help="train a network (dgl, sgl or backprop)",
+        description="Train a network with DGL, sequential greedy learning or backprop.",
+    )
+    train.add_argument("--config", metavar="FILE", help="YAML file of options (command-line flags win)")
+    train.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
+    add_train_options(train)
+
+    compare = sub.add_parser(
+        "compare",
+        help="train several methods on the same backbone and budget, tabulate",
+        description="Train --methods (and --seeds) with the same options; print a table. "
+        "Completed runs under --out are reused, stopped ones resumed.",
+    )
+    compare.add_argument("--config", metavar="FILE", help="YAML file of options (command-line flags win)")
+    compare.add_argument(
+        "--methods", default="dgl,backprop,sgl", help="comma-separated (default: dgl,backprop,sgl)"
+    )
+    compare.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
+    add_train_options(compare, exclude=("method", "seed"))
+
+    evaluate = sub.add_parser("eval", help="evaluate a run's last checkpoint on the test set")
+    evaluate.add_argument("--run", metavar="DIR", required=True, help="run directory written by 'degl train'")
+    evaluate.add_argument("--device", default=None, help="override the run's device")
+    evaluate.add_argument("--data-dir", default=None, help="override the run's data directory")
+
+    models = sub.add_parser("models", help="list the registered models")
+    models.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+
+    bench = sub.add_parser("bench", help="benchmarks (last stdout line is one JSON object)")
+    from degl.bench import add_bench_parsers
+
+    add_bench_parsers(bench)
+    return parser
+
+
+def _version() -> str:
+    import degl
+
+    return f"degl {degl.__version__}"
+
+
+def run_train(args: argparse.Namespace, given: dict[str, Any]) -> int:
+    from degl.train import resume, train
+
+    if args.resume:
+        if args.config:
+            raise UserError("--resume uses the run's saved configuration; drop --config")
+        summary, run_dir = resume(Path(args.resume), given)
+    else:
+        values: dict[str, Any] = load_config_file(args.config) if args.config else {}
+        values.update(given)
+        cfg = make_config(values)
+        if cfg.method == "backprop" and "stages" in values and cfg.stages != 1:
+            print("degl: note: backprop trains the network end to end; --stages is ignored", file=sys.stderr)
+        summary, run_dir = train(cfg)
+    print_summary(summary, run_dir)
+    return 0
+
+
+def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
+    per_stage = " ".join(f"{acc:.2f}" for acc in summary["test_acc_per_stage"])
+    state = "complete" if summary["completed"] else f"stopped after {summary['steps_completed']} steps"
+    print(f"run: {run_dir} ({state})")
+    print(
+        f"method {summary['method']}, model {summary['model']}, {summary['stages']} stage(s), "
+        f"{summary['epochs_completed']} epoch(s), {summary['train_time_s']:.1f}s training"
+    )
+    if summary["test_acc"] is not None:
+        print(
+            f"test accuracy per stage (%): {per_stage}; final {summary['test_acc']:.2f}; "
+            f"ensemble {summary['test_acc_ensemble']:.2f}"
+        )
+
+
+def run_compare(args: argparse.Namespace, given: dict[str, Any]) -> int:
+    from degl.compare import compare, format_table, parse_list
+
+    values: dict[str, Any] = load_config_file(args.config) if args.config else {}
+    values.update(given)
+    values.pop("method", None)
+    out = Path(values.pop("out", None) or "runs/compare")
+    cfg = make_config(values)
+    methods = parse_list(args.methods, what="--methods")
+    seeds = parse_list(args.seeds, what="--seeds", cast=int)
+    result = compare(cfg, methods, seeds, out)
+    print()
+    for line in format_table(result):
+        print(line)
+    print(json.dumps(result))
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from degl.evaluation import evaluate_run
+
+    result = evaluate_run(Path(args.run), device=args.device, data_dir=args.data_dir)
+    for stage, acc, ens in zip(
+        result["stages"], result["test_acc_per_stage"], result["test_ensemble_acc_per_stage"]
+    ):
+        print(f"stage {stage}: test acc {acc:.2f}%  (ensemble of heads 0..{stage}: {ens:.2f}%)")
+    print(json.dumps(result))
+    return 0
+
+
+def run_models(args: argparse.Namespace) -> int:
+    from degl.models import list_models, model_entry
+
+    entries = [model_entry(name) for name in list_models()]
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    e.name: {"description": e.description, "input_shape": list(e.default_input_shape)}
+                    for e in entries
+                }
+            )
+        )
+        return 0
+    width = max(len(e.name) for e in entries)
+    for e in entries:
+        print(f"{e.name:<{width}}  {e.description}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version and argparse's own errors (already printed)
+        return int(exc.code or 0)
+    try:
+        if args.command == "train":
+            names = {f.name for f in config_fields()}
+            given = {k: v for k, v in vars(args).items() if k in names}
+            return run_train(args, given)
+        if args.command == "compare":
+            names = {f.name for f in config_fields()}
+            return run_compare(args, {k: v for k, v in vars(args).items() if k in names})
+        if args.command == "eval":
+            return run_eval(args)
+        if args.command == "models":
+            return run_models(args)
+        if args.command == "bench":
+            return args.bench_func(args)
+        parser.print_help()
+        return 2
+    except UserError as exc:
+        print(f"degl: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("degl: aborted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        from degl.train import Interrupted
+
+        if isinstance(exc, Interrupted):
+            print(f"degl: {exc}", file=sys.stderr)
+            return 130
+        raise
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

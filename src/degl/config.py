@@ -1,0 +1,218 @@
+"""Training configuration: one dataclass is the single source of truth for CLI flags and YAML keys.
+
+Precedence: built-in defaults < ``--config FILE`` < command-line flags. Every field can be set in a
+YAML file under its flag name (``batch-size``) or its field name (``batch_size``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from degl.errors import UserError
+
+METHODS = ("backprop", "dgl", "sgl")
+DATASETS = ("fashion-mnist", "synthetic")
+PRECISIONS = ("fp32", "bf16", "fp16")
+SCHEDULES = ("constant", "step", "cosine")
+OPTIMIZERS = ("sgd", "adam")
+SPLITS = ("auto", "flops", "memory", "blocks")
+
+
+def _opt(help: str, **extra: Any) -> dict[str, Any]:
+    return {"help": help, **extra}
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs. Field docstrings live in ``metadata['help']`` (shown by --help)."""
+
+    # what to train
+    method: str = field(default="dgl", metadata=_opt("training method", choices=METHODS))
+    model: str = field(default="cnn6", metadata=_opt("backbone from the registry (see 'degl models')"))
+    width: float = field(default=1.0, metadata=_opt("channel-width multiplier"))
+    stages: int = field(default=4, metadata=_opt("number of stages K (ignored by backprop)"))
+    aux: str = field(default="mlp-sr", metadata=_opt("aux head of stages 1..K-1: mlp, mlp-sr, cnn, linear"))
+    split: str = field(
+        default="auto",
+        metadata=_opt(
+            "how to cut blocks into stages: auto (the paper's cut if it has one, else flops), "
+            "flops, memory (saved activations) or blocks (equal block counts)",
+            choices=SPLITS,
+        ),
+    )
+    cuts: str | None = field(
+        default=None, metadata=_opt("explicit cut points: block indices where stages 2..K start, e.g. 1,3,5")
+    )
+    # data
+    dataset: str = field(default="fashion-mnist", metadata=_opt("data set", choices=DATASETS))
+    data_dir: str | None = field(default=None, metadata=_opt("directory holding the data set files"))
+    augment: bool = field(
+        default=True, metadata=_opt("random crop (+flip where it makes sense) on training batches")
+    )
+    train_size: int | None = field(default=None, metadata=_opt("use only the first N training samples"))
+    input_shape: str = field(default="3,32,32", metadata=_opt("synthetic data: C,H,W"))
+    num_classes: int = field(default=10, metadata=_opt("synthetic data: number of classes"))
+    synthetic_size: int = field(default=2048, metadata=_opt("synthetic data: training samples (test: 1/4)"))
+    # optimisation
+    epochs: int = field(default=10, metadata=_opt("epochs (per stage for sgl)"))
+    batch_size: int = field(default=128, metadata=_opt("training batch size"))
+    eval_batch_size: int = field(default=1000, metadata=_opt("evaluation batch size"))
+    lr: float = field(default=0.1, metadata=_opt("initial learning rate"))
+    optimizer: str = field(default="sgd", metadata=_opt("optimizer of every stage", choices=OPTIMIZERS))
+    momentum: float = field(default=0.9, metadata=_opt("SGD momentum"))
+    nesterov: bool = field(default=False, metadata=_opt("Nesterov momentum"))
+    weight_decay: float = field(default=5e-4, metadata=_opt("weight decay"))
+    schedule: str = field(default="cosine", metadata=_opt("learning-rate schedule", choices=SCHEDULES))
+    lr_decay_every: int = field(default=15, metadata=_opt("step schedule: epochs between decays"))
+    lr_decay_factor: float = field(default=0.2, metadata=_opt("step schedule: multiply the lr by this"))
+    # execution
+    seed: int = field(default=0, metadata=_opt("random seed (initialisation, shuffling, augmentation)"))
+    device: str = field(default="auto", metadata=_opt("cpu, cuda, cuda:N or auto"))
+    precision: str = field(default="fp32", metadata=_opt("arithmetic precision", choices=PRECISIONS))
+    deterministic: bool = field(
+        default=False, metadata=_opt("deterministic algorithms (bit-exact resume on CPU)")
+    )
+    threads: int | None = field(
+        default=None, metadata=_opt("torch intra-op threads (default: torch's choice)")
+    )
+    max_steps: int | None = field(
+        default=None, metadata=_opt("stop after N training steps in this invocation (checkpointed)")
+    )
+    out: str | None = field(
+        default=None, metadata=_opt("run directory (default runs/<method>-<model>-<time>)")
+    )
+    progress: bool = field(default=True, metadata=_opt("progress bars on stderr"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# Options that describe the invocation, not the run: they may change when resuming.
+INVOCATION_KEYS = frozenset({"max_steps", "threads", "progress", "device", "out"})
+
+
+def config_fields() -> list[dataclasses.Field]:
+    return list(dataclasses.fields(TrainConfig))
+
+
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
+
+
+def _base_type(annotation: Any) -> tuple[type, bool]:
+    """(type, optional) for ``T`` or ``T | None``."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return args[0], True
+    return annotation, False
+
+
+def coerce(name: str, value: Any, *, source: str) -> Any:
+    """Check ``value`` against the declared type of field ``name``; ints are accepted for floats."""
+    kind, optional = _base_type(_field_types()[name])
+    flag = "--" + name.replace("_", "-")
+    if value is None:
+        if optional:
+            return None
+        raise UserError(f"{source}: {flag} cannot be empty")
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, bool):
+        raise UserError(f"{source}: {flag} must be an integer, got {value!r}")
+    if kind is str and isinstance(value, (int, float)) and not isinstance(value, bool) and name == "cuts":
+        return str(value)
+    if not isinstance(value, kind):
+        raise UserError(
+            f"{source}: {flag} must be of type {kind.__name__}, got {type(value).__name__} {value!r}"
+        )
+    return value
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file into validated field values (unknown keys and wrong types are errors)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"config file {path} is not valid YAML: {first}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must be a mapping of option: value, got {type(data).__name__}")
+    names = {f.name for f in config_fields()}
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in names:
+            raise UserError(
+                f"config file {path}: unknown option {key!r}; see 'degl train --help' for the options"
+            )
+        values[name] = coerce(name, value, source=f"config file {path}")
+    return values
+
+
+def make_config(values: dict[str, Any]) -> TrainConfig:
+    """Build and validate a config from field values (missing fields take their defaults)."""
+    cfg = TrainConfig(**values)
+    validate(cfg)
+    return cfg
+
+
+def parse_shape(text: str, *, what: str = "--input-shape") -> tuple[int, int, int]:
+    try:
+        shape = tuple(int(p) for p in str(text).split(","))
+    except ValueError:
+        raise UserError(f"{what} must be three integers C,H,W, got {text!r}") from None
+    if len(shape) != 3 or min(shape) < 1:
+        raise UserError(f"{what} must be three positive integers C,H,W, got {text!r}")
+    return shape  # type: ignore[return-value]
+
+
+def parse_cuts(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(p) for p in str(text).replace(" ", "").split(",") if p != ""]
+    except ValueError:
+        raise UserError(f"--cuts must be comma-separated block indices, got {text!r}") from None
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Range and choice checks that do not need the model or the data."""
+    for f in config_fields():
+        choices = f.metadata.get("choices")
+        value = getattr(cfg, f.name)
+        if choices and value not in choices:
+            flag = "--" + f.name.replace("_", "-")
+            raise UserError(f"unknown {flag} {value!r}; choose one of: {', '.join(choices)}")
+    positive_ints = ["stages", "epochs", "batch_size", "eval_batch_size", "num_classes", "synthetic_size"]
+    for name in positive_ints:
+        if getattr(cfg, name) < 1:
+            raise UserError(
+                f"--{name.replace('_', '-')} must be a positive integer, got {getattr(cfg, name)}"
+            )
+    for name in ("train_size", "threads", "max_steps", "lr_decay_every"):
+        value = getattr(cfg, name)
+        if value is not None and value < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    for name in ("width", "lr"):
+        if not getattr(cfg, name) > 0:
+            raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
+    if not 0 < cfg.lr_decay_factor <= 1:
+        raise UserError(f"--lr-decay-factor must be in (0, 1], got {cfg.lr_decay_factor}")
+    if cfg.weight_decay < 0 or cfg.momentum < 0:
+        raise UserError("--weight-decay and --momentum must not be negative")
+    parse_shape(cfg.input_shape)
+    parse_cuts(cfg.cuts)
+    if cfg.num_classes < 2:
+        raise UserError(f"--num-classes must be at least 2, got {cfg.num_classes}")

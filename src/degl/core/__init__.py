@@ -1,0 +1,1 @@
+"""Single-process DGL: stages, splitting, aux heads, reference trainers. Never imports torch.distributed."""

@@ -1,0 +1,185 @@
+"""Cut a backbone (or any ``nn.Sequential``) into K stages.
+
+Cuts are block indices where a new stage starts. They are given explicitly, taken from the paper
+for the model, or chosen to balance a measured per-block cost (FLOPs from
+``torch.utils.flop_counter``, or bytes saved for backward). No block is ever dropped.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from degl.core.measure import count_flops, saved_activation_bytes
+from degl.core.stage import Stage
+from degl.errors import UserError
+from degl.models.heads import build_head
+from degl.models.registry import Backbone
+
+
+def block_costs(
+    blocks: Sequence[nn.Module], input_shape: Sequence[int], measure: str = "flops"
+) -> tuple[list[float], list[tuple[int, ...]]]:
+    """Per-block cost for a batch of one sample, and each block's per-sample output shape.
+
+    Measured on copies in training mode so the real blocks' BatchNorm statistics are untouched.
+    """
+    costs: list[float] = []
+    shapes: list[tuple[int, ...]] = []
+    x = torch.zeros(2, *input_shape)
+    for block in blocks:
+        probe = copy.deepcopy(block).train()
+        if measure == "flops":
+            costs.append(count_flops(probe, x) / 2)
+        elif measure == "memory":
+            costs.append(saved_activation_bytes(probe, x) / 2)
+        else:
+            costs.append(1.0)
+        with torch.no_grad():
+            x = probe(x)
+        shapes.append(tuple(x.shape[1:]))
+    return costs, shapes
+
+
+def balanced_cuts(costs: Sequence[float], num_stages: int) -> list[int]:
+    """Contiguous partition of ``costs`` into ``num_stages`` groups minimising the largest group sum.
+
+    Exact dynamic programme, O(K n^2); ties prefer later cuts (smaller early stages).
+    """
+    n = len(costs)
+    prefix = [0.0]
+    for c in costs:
+        prefix.append(prefix[-1] + c)
+    inf = float("inf")
+    # best[k][i]: minimal max-group cost of splitting the first i blocks into k groups.
+    best = [[inf] * (n + 1) for _ in range(num_stages + 1)]
+    choice = [[0] * (n + 1) for _ in range(num_stages + 1)]
+    best[0][0] = 0.0
+    for k in range(1, num_stages + 1):
+        for i in range(k, n + 1):
+            for j in range(k - 1, i):
+                value = max(best[k - 1][j], prefix[i] - prefix[j])
+                if value <= best[k][i]:
+                    best[k][i], choice[k][i] = value, j
+    cuts: list[int] = []
+    i = n
+    for k in range(num_stages, 1, -1):
+        i = choice[k][i]
+        cuts.append(i)
+    return sorted(cuts)
+
+
+def even_cuts(num_blocks: int, num_stages: int) -> list[int]:
+    """Equal block counts; the extra blocks go to the later stages."""
+    base, extra = divmod(num_blocks, num_stages)
+    sizes = [base] * (num_stages - extra) + [base + 1] * extra
+    cuts, start = [], 0
+    for size in sizes[:-1]:
+        start += size
+        cuts.append(start)
+    return cuts
+
+
+def check_cuts(cuts: Sequence[int], num_blocks: int, num_stages: int) -> list[int]:
+    cuts = list(cuts)
+    if len(cuts) != num_stages - 1:
+        raise UserError(
+            f"--cuts needs {num_stages - 1} indices for {num_stages} stages, got {len(cuts)}: {cuts}"
+        )
+    if any(not 0 < c < num_blocks for c in cuts) or sorted(set(cuts)) != cuts:
+        raise UserError(
+            f"--cuts must be strictly increasing block indices between 1 and {num_blocks - 1}, got {cuts}"
+        )
+    return cuts
+
+
+def split_blocks(
+    num_blocks: int,
+    num_stages: int,
+    *,
+    cuts: Sequence[int] | None = None,
+    costs: Sequence[float] | None = None,
+) -> list[tuple[int, ...]]:
+    """Group block indices ``0..num_blocks-1`` into ``num_stages`` consecutive, non-empty groups."""
+    if num_stages < 1:
+        raise UserError(f"--stages must be at least 1, got {num_stages}")
+    if num_stages > num_blocks:
+        raise UserError(
+            f"--stages {num_stages} is more than the network's {num_blocks} blocks; use at most {num_blocks}"
+        )
+    if cuts is None:
+        cuts = balanced_cuts(costs, num_stages) if costs is not None else even_cuts(num_blocks, num_stages)
+    cuts = check_cuts(cuts, num_blocks, num_stages)
+    bounds = [0, *cuts, num_blocks]
+    return [tuple(range(bounds[i], bounds[i + 1])) for i in range(num_stages)]
+
+
+def build_stages(
+    model: Backbone | nn.Sequential,
+    num_stages: int,
+    *,
+    aux: str = "mlp-sr",
+    num_classes: int | None = None,
+    input_shape: Sequence[int] | None = None,
+    cuts: Sequence[int] | None = None,
+    split: str = "auto",
+    classifier: nn.Module | None = None,
+) -> list[Stage]:
+    """Cut ``model`` into ``num_stages`` stages with aux heads.
+
+    Args:
+        model: a registered :class:`Backbone` or any ``nn.Sequential`` (each child is a block).
+        num_stages: K.
+        aux: head of stages 0..K-2 (``mlp``, ``mlp-sr``, ``cnn`` or ``linear``).
+        num_classes: needed for an ``nn.Sequential``.
+        input_shape: per-sample input shape; needed for an ``nn.Sequential``.
+        cuts: block indices where stages 1..K-1 start; overrides ``split``.
+        split: ``auto`` (paper cut when known, else ``flops``), ``flops``, ``memory`` or ``blocks``.
+        classifier: head of the last stage; defaults to the backbone's classifier, or an ``aux``
+            head for an ``nn.Sequential``.
+    """
+    if isinstance(model, Backbone):
+        blocks = list(model.blocks)
+        shape = tuple(input_shape or model.input_shape)
+        head = classifier if classifier is not None else model.classifier
+        paper_cuts = model.paper_cuts
+        if num_classes is None:
+            num_classes = _out_features(model.classifier)
+    else:
+        blocks = list(model.children())
+        if input_shape is None or num_classes is None:
+            raise ValueError("build_stages on an nn.Sequential needs input_shape and num_classes")
+        shape = tuple(input_shape)
+        head = classifier
+        paper_cuts = {}
+    if not blocks:
+        raise UserError("the model has no blocks to split")
+    if split == "auto":
+        if cuts is None and num_stages in paper_cuts:
+            cuts = paper_cuts[num_stages]
+        split = "flops"
+    if split not in ("flops", "memory", "blocks"):
+        raise UserError(f"unknown split {split!r}; choose auto, flops, memory or blocks")
+    costs, shapes = block_costs(blocks, shape, split)
+    groups = split_blocks(len(blocks), num_stages, cuts=cuts, costs=None if split == "blocks" else costs)
+    stages: list[Stage] = []
+    in_shape = shape
+    for index, group in enumerate(groups):
+        out_shape = shapes[group[-1]]
+        last = index == num_stages - 1
+        stage_head = head if last and head is not None else build_head(aux, out_shape, num_classes)
+        block = nn.Sequential(*(blocks[i] for i in group))
+        stages.append(
+            Stage(block, stage_head, index=index, block_indices=group, in_shape=in_shape, out_shape=out_shape)
+        )
+        in_shape = out_shape
+    return stages
+
+
+def _out_features(classifier: nn.Module) -> int:
+    linears = [m for m in classifier.modules() if isinstance(m, nn.Linear)]
+    assert linears, "a backbone classifier must end with nn.Linear"
+    return linears[-1].out_features

@@ -1,0 +1,127 @@
+"""Build everything a run needs from a :class:`TrainConfig`: device, data, stages, method.
+
+Shared by ``degl train``, ``degl eval`` and the multi-process runtime, so that every entry point
+builds bit-identical stages from the same config and seed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from degl.config import TrainConfig, parse_cuts, parse_shape
+from degl.core.methods import Method, build_method
+from degl.core.optim import OptimSettings
+from degl.core.split import build_stages
+from degl.core.stage import Stage
+from degl.data import DeviceLoader, ImageData, load_dataset
+from degl.errors import UserError
+from degl.models import build_model
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown --device {name!r}; use cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {name} but no CUDA device is available; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"--device {name} but only {torch.cuda.device_count()} CUDA device(s) exist")
+    elif device.type != "cpu":
+        raise UserError(f"unsupported --device {name!r}; use cpu, cuda, cuda:N or auto")
+    return device
+
+
+def configure_torch(cfg: TrainConfig) -> None:
+    """Threads and determinism; call before any CUDA work."""
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+def num_stages_for(cfg: TrainConfig) -> int:
+    # Backprop trains the network end to end: one stage, whatever --stages says.
+    return 1 if cfg.method == "backprop" else cfg.stages
+
+
+def load_data(cfg: TrainConfig) -> ImageData:
+    data = load_dataset(
+        cfg.dataset,
+        data_dir=cfg.data_dir,
+        input_shape=parse_shape(cfg.input_shape),
+        num_classes=cfg.num_classes,
+        synthetic_size=cfg.synthetic_size,
+    )
+    data = data.subset(cfg.train_size)
+    if len(data.train_labels) < cfg.batch_size:
+        raise UserError(
+            f"--batch-size {cfg.batch_size} is larger than the {len(data.train_labels)} training samples"
+        )
+    return data
+
+
+def make_stages(cfg: TrainConfig, data: ImageData) -> list[Stage]:
+    """Stages initialised from ``cfg.seed`` (the same weights in every process that calls this)."""
+    torch.manual_seed(cfg.seed)
+    backbone = build_model(
+        cfg.model, width=cfg.width, input_shape=data.input_shape, num_classes=data.num_classes
+    )
+    return build_stages(
+        backbone, num_stages_for(cfg), aux=cfg.aux, cuts=parse_cuts(cfg.cuts), split=cfg.split
+    )
+
+
+def optim_settings(cfg: TrainConfig, steps_per_epoch: int) -> OptimSettings:
+    return OptimSettings(
+        optimizer=cfg.optimizer,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.nesterov,
+        weight_decay=cfg.weight_decay,
+        schedule=cfg.schedule,
+        epochs=cfg.epochs,
+        steps_per_epoch=steps_per_epoch,
+        lr_decay_every=cfg.lr_decay_every,
+        lr_decay_factor=cfg.lr_decay_factor,
+    )
+
+
+@dataclass
+class RunSetup:
+    cfg: TrainConfig
+    device: torch.device
+    data: ImageData
+    stages: list[Stage]
+    method: Method
+    train_loader: DeviceLoader
+    test_loader: DeviceLoader
+
+
+def build_setup(cfg: TrainConfig) -> RunSetup:
+    device = resolve_device(cfg.device)
+    configure_torch(cfg)
+    data = load_data(cfg)
+    stages = [stage.to(device) for stage in make_stages(cfg, data)]
+    train_loader = DeviceLoader(
+        data, train=True, batch_size=cfg.batch_size, device=device, augment=cfg.augment, seed=cfg.seed
+    )
+    test_loader = DeviceLoader(data, train=False, batch_size=cfg.eval_batch_size, device=device)
+    settings = optim_settings(cfg, len(train_loader))
+    method = build_method(
+        cfg.method,
+        stages,
+        make_optimizer=settings.make_optimizer,
+        make_scheduler=settings.make_scheduler,
+        precision=cfg.precision,
+        device=device,
+    )
+    return RunSetup(cfg, device, data, stages, method, train_loader, test_loader)
