@@ -16,7 +16,7 @@ from degl.core.methods import Method, build_method
 from degl.core.optim import OptimSettings
 from degl.core.split import build_stages
 from degl.core.stage import Stage
-from degl.data import DeviceLoader, ImageData, load_dataset
+from degl.data import BatchLoader, Dataset, load_dataset
 from degl.errors import UserError
 from degl.models import build_model
 
@@ -53,7 +53,7 @@ def num_stages_for(cfg: TrainConfig) -> int:
     return 1 if cfg.method == "backprop" else cfg.stages
 
 
-def load_data(cfg: TrainConfig) -> ImageData:
+def load_data(cfg: TrainConfig) -> Dataset:
     data = load_dataset(
         cfg.dataset,
         data_dir=cfg.data_dir,
@@ -62,14 +62,12 @@ def load_data(cfg: TrainConfig) -> ImageData:
         synthetic_size=cfg.synthetic_size,
     )
     data = data.subset(cfg.train_size)
-    if len(data.train_labels) < cfg.batch_size:
-        raise UserError(
-            f"--batch-size {cfg.batch_size} is larger than the {len(data.train_labels)} training samples"
-        )
+    if data.num_train < cfg.batch_size:
+        raise UserError(f"--batch-size {cfg.batch_size} is larger than the {data.num_train} training samples")
     return data
 
 
-def make_stages(cfg: TrainConfig, data: ImageData) -> list[Stage]:
+def make_stages(cfg: TrainConfig, data: Dataset) -> list[Stage]:
     """Stages initialised from ``cfg.seed`` (the same weights in every process that calls this)."""
     torch.manual_seed(cfg.seed)
     backbone = build_model(
@@ -99,11 +97,11 @@ def optim_settings(cfg: TrainConfig, steps_per_epoch: int) -> OptimSettings:
 class RunSetup:
     cfg: TrainConfig
     device: torch.device
-    data: ImageData
+    data: Dataset
     stages: list[Stage]
     method: Method
-    train_loader: DeviceLoader
-    test_loader: DeviceLoader
+    train_loader: BatchLoader
+    test_loader: BatchLoader
 
 
 def build_setup(cfg: TrainConfig) -> RunSetup:
@@ -111,10 +109,13 @@ def build_setup(cfg: TrainConfig) -> RunSetup:
     configure_torch(cfg)
     data = load_data(cfg)
     stages = [stage.to(device) for stage in make_stages(cfg, data)]
-    train_loader = DeviceLoader(
-        data, train=True, batch_size=cfg.batch_size, device=device, augment=cfg.augment, seed=cfg.seed
+    train_loader, test_loader = data.loaders(
+        batch_size=cfg.batch_size,
+        eval_batch_size=cfg.eval_batch_size,
+        device=device,
+        augment=cfg.augment,
+        seed=cfg.seed,
     )
-    test_loader = DeviceLoader(data, train=False, batch_size=cfg.eval_batch_size, device=device)
     settings = optim_settings(cfg, len(train_loader))
     method = build_method(
         cfg.method,

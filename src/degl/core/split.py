@@ -146,6 +146,7 @@ def build_stages(
         shape = tuple(input_shape or model.input_shape)
         head = classifier if classifier is not None else model.classifier
         paper_cuts = model.paper_cuts
+        extra_heads = model.extra_heads
         if num_classes is None:
             num_classes = _out_features(model.classifier)
     else:
@@ -154,7 +155,7 @@ def build_stages(
             raise ValueError("build_stages on an nn.Sequential needs input_shape and num_classes")
         shape = tuple(input_shape)
         head = classifier
-        paper_cuts = {}
+        paper_cuts, extra_heads = {}, {}
     if not blocks:
         raise UserError("the model has no blocks to split")
     if split == "auto":
@@ -170,7 +171,12 @@ def build_stages(
     for index, group in enumerate(groups):
         out_shape = shapes[group[-1]]
         last = index == num_stages - 1
-        stage_head = head if last and head is not None else build_head(aux, out_shape, num_classes)
+        if last and head is not None:
+            stage_head = head
+        elif aux in extra_heads:
+            stage_head = extra_heads[aux](out_shape, num_classes)
+        else:
+            stage_head = build_head(aux, out_shape, num_classes)
         block = nn.Sequential(*(blocks[i] for i in group))
         stages.append(
             Stage(block, stage_head, index=index, block_indices=group, in_shape=in_shape, out_shape=out_shape)

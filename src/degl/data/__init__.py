@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from degl.data.base import ImageData
+from degl.data.base import BatchLoader, Dataset, ImageData
 from degl.data.fashion_mnist import load_fashion_mnist
 from degl.data.loader import DeviceLoader
 from degl.data.synthetic import make_synthetic
@@ -16,8 +16,8 @@ def load_dataset(
     input_shape: tuple[int, int, int] = (3, 32, 32),
     num_classes: int = 10,
     synthetic_size: int = 2048,
-) -> ImageData:
-    """Load the data set ``name`` (``fashion-mnist`` or ``synthetic``) into memory."""
+) -> Dataset:
+    """Load the data set ``name`` (``fashion-mnist`` or ``synthetic``)."""
     if name == "fashion-mnist":
         return load_fashion_mnist(data_dir)
     if name == "synthetic":
@@ -25,4 +25,4 @@ def load_dataset(
     raise UserError(f"unknown dataset {name!r}; choose fashion-mnist or synthetic")
 
 
-__all__ = ["DeviceLoader", "ImageData", "load_dataset"]
+__all__ = ["BatchLoader", "Dataset", "DeviceLoader", "ImageData", "load_dataset"]

@@ -2,9 +2,46 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
+
+
+class BatchLoader(Protocol):
+    """What training and evaluation need from a loader.
+
+    ``epoch(e, start_step)`` yields ``(images, labels)`` on the training device; for training
+    loaders the batches are a function of ``(seed, e, step)`` only, so a run can restart mid-epoch.
+    """
+
+    batch_size: int
+
+    def __len__(self) -> int: ...
+
+    def epoch(self, epoch: int = 0, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+
+class Dataset(Protocol):
+    """A data set: its name, sample shape, classes and loaders for both splits."""
+
+    name: str
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]: ...
+
+    @property
+    def num_train(self) -> int: ...
+
+    def subset(self, train_size: int | None) -> Dataset: ...
+
+    def loaders(
+        self, *, batch_size: int, eval_batch_size: int, device: torch.device, augment: bool, seed: int
+    ) -> tuple[BatchLoader, BatchLoader]: ...
 
 
 @dataclass
@@ -33,6 +70,22 @@ class ImageData:
     @property
     def input_shape(self) -> tuple[int, int, int]:
         return tuple(self.train_images.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def num_train(self) -> int:
+        return len(self.train_labels)
+
+    def loaders(
+        self, *, batch_size: int, eval_batch_size: int, device: torch.device, augment: bool, seed: int
+    ) -> tuple[BatchLoader, BatchLoader]:
+        """Device-resident loaders: shuffled, augmented training batches and in-order test batches."""
+        from degl.data.loader import DeviceLoader
+
+        train = DeviceLoader(
+            self, train=True, batch_size=batch_size, device=device, augment=augment, seed=seed
+        )
+        test = DeviceLoader(self, train=False, batch_size=eval_batch_size, device=device)
+        return train, test
 
     def subset(self, train_size: int | None) -> ImageData:
         if train_size is None or train_size >= len(self.train_labels):

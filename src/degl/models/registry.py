@@ -14,6 +14,9 @@ from torch import nn
 
 from degl.errors import UserError
 
+HeadBuilder = Callable[[tuple[int, ...], int], nn.Module]
+"""``builder(in_shape, num_classes) -> head`` for one stage's output of per-sample shape ``in_shape``."""
+
 
 @dataclass
 class Backbone:
@@ -33,6 +36,8 @@ class Backbone:
     classifier: nn.Module
     input_shape: tuple[int, int, int]
     paper_cuts: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    extra_heads: dict[str, HeadBuilder] = field(default_factory=dict)
+    """Aux-head kinds specific to this model (e.g. ``dni`` for the DNI-comparison CNN), by name."""
 
     def as_sequential(self) -> nn.Sequential:
         """The whole network, end to end, sharing parameters with the blocks."""
