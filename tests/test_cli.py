@@ -96,10 +96,7 @@ def test_bench_last_line_is_json(capsys, kind, keys):
 
 
 def test_memory_bench_dgl_saves_less_than_backprop(capsys):
-    assert (
-        main(["bench", "memory", "--model", "cnn6", "--width", "0.125", "--stages", "6", "--batch-size", "4"])
-        == 0
-    )
+    assert main(["bench", "memory", "--model", "cnn6", "--width", "0.125", "--stages", "6", "--batch-size", "4"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["dgl_bytes"] == max(result["dgl_stage_bytes"])
     assert result["ratio"] < 0.6
@@ -163,9 +160,7 @@ def test_corrupt_data_files(tmp_path, capsys):
     from test_data import write_fake_fashion_mnist
 
     write_fake_fashion_mnist(tmp_path / "fm", corrupt="train_labels")
-    code = main(
-        ["train", "--data-dir", str(tmp_path / "fm"), "--out", str(tmp_path / "run"), "--no-progress"]
-    )
+    code = main(["train", "--data-dir", str(tmp_path / "fm"), "--out", str(tmp_path / "run"), "--no-progress"])
     assert code == 2
     assert "header says" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()

@@ -19,14 +19,10 @@ def stages_for(k, seed=0, model="cnn4"):
 
 def batches(n, seed=1):
     g = torch.Generator().manual_seed(seed)
-    return [
-        (torch.randn(8, 1, 16, 16, generator=g), torch.randint(0, 10, (8,), generator=g)) for _ in range(n)
-    ]
+    return [(torch.randn(8, 1, 16, 16, generator=g), torch.randint(0, 10, (8,), generator=g)) for _ in range(n)]
 
 
-SETTINGS = OptimSettings(
-    lr=0.05, momentum=0.9, weight_decay=5e-4, schedule="cosine", epochs=1, steps_per_epoch=6
-)
+SETTINGS = OptimSettings(lr=0.05, momentum=0.9, weight_decay=5e-4, schedule="cosine", epochs=1, steps_per_epoch=6)
 KWARGS = {"make_optimizer": SETTINGS.make_optimizer, "make_scheduler": SETTINGS.make_scheduler}
 
 

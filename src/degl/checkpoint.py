@@ -69,11 +69,16 @@ def save_stage(run_dir: Path, name: str, index: int, state: dict[str, Any]) -> N
     atomic_save(state, checkpoint_root(run_dir) / name / f"stage-{index}.pt")
 
 
-def commit(run_dir: Path, name: str, meta: dict[str, Any], num_stages: int) -> None:
-    """Write ``meta.pt``, point ``latest`` at ``name`` and prune old checkpoints."""
+def commit(run_dir: Path, name: str, meta: dict[str, Any], num_stages: int, *, verify: bool = True) -> None:
+    """Write ``meta.pt``, point ``latest`` at ``name`` and prune old checkpoints.
+
+    ``verify=False`` when other processes wrote the stage files and confirmed it (on several nodes
+    this process may not see a shared file system's newest entries yet).
+    """
     root = checkpoint_root(run_dir)
-    missing = [i for i in range(num_stages) if not (root / name / f"stage-{i}.pt").is_file()]
-    assert not missing, f"checkpoint {name} lacks stage files {missing}"
+    if verify:
+        missing = [i for i in range(num_stages) if not (root / name / f"stage-{i}.pt").is_file()]
+        assert not missing, f"checkpoint {name} lacks stage files {missing}"
     atomic_save(meta, root / name / "meta.pt")
     atomic_write_bytes(root / "latest", (name + "\n").encode())
     complete = sorted(p for p in root.glob("step-*") if p.is_dir())
@@ -98,9 +103,7 @@ def _load(path: Path, map_location: str | torch.device) -> dict[str, Any]:
         raise UserError(f"checkpoint file {path} is missing; the checkpoint is incomplete") from None
     except Exception as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(
-            f"checkpoint file {path} is corrupt or not a degl checkpoint ({first[:120]})"
-        ) from None
+        raise UserError(f"checkpoint file {path} is corrupt or not a degl checkpoint ({first[:120]})") from None
     if not isinstance(obj, dict):
         raise UserError(f"checkpoint file {path} is not a degl checkpoint")
     return obj
@@ -113,9 +116,7 @@ def load_meta(run_dir: Path, map_location: str | torch.device = "cpu") -> tuple[
         raise UserError(f"run directory {run_dir} does not exist")
     path = latest_checkpoint(run_dir)
     if path is None:
-        raise UserError(
-            f"{run_dir} has no checkpoint (no {checkpoint_root(run_dir) / 'latest'}); nothing to resume"
-        )
+        raise UserError(f"{run_dir} has no checkpoint (no {checkpoint_root(run_dir) / 'latest'}); nothing to resume")
     meta = _load(path / "meta.pt", map_location)
     if meta.get("format") != 1 or "config" not in meta:
         raise UserError(f"{path / 'meta.pt'} is not a degl checkpoint (format {meta.get('format')!r})")

@@ -86,9 +86,7 @@ def build_parser() -> ArgumentParser:
         "Completed runs under --out are reused, stopped ones resumed.",
     )
     compare.add_argument("--config", metavar="FILE", help="YAML file of options (command-line flags win)")
-    compare.add_argument(
-        "--methods", default="dgl,backprop,sgl", help="comma-separated (default: dgl,backprop,sgl)"
-    )
+    compare.add_argument("--methods", default="dgl,backprop,sgl", help="comma-separated (default: dgl,backprop,sgl)")
     compare.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
     add_train_options(compare, exclude=("method", "seed"))
 
@@ -97,8 +95,43 @@ def build_parser() -> ArgumentParser:
     evaluate.add_argument("--device", default=None, help="override the run's device")
     evaluate.add_argument("--data-dir", default=None, help="override the run's data directory")
 
-    models = sub.add_parser("models", help="list the registered models")
+    models = sub.add_parser(
+        "models",
+        help="list the registered models, or show one model's per-stage cost (--stats)",
+        description="List the registered models. With --stats MODEL --stages K: split MODEL as "
+        "'degl train' would and print, per stage, the output shape, parameters and MACs of its block "
+        "and of its head (MACs = FLOPs/2 from torch.utils.flop_counter, one sample, eval mode).",
+    )
     models.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    stats = models.add_argument_group("per-stage cost (--stats)")
+    stats.add_argument("--stats", metavar="MODEL", help="model to measure (needs --stages)")
+    stats.add_argument("--stages", type=int, metavar="K", help="number of stages K")
+    stats.add_argument(
+        "--aux",
+        default="mlp-sr",
+        help="aux head of every stage but the last: mlp, mlp-sr, cnn, linear, or a model's own kind "
+        "such as dni for dni-cnn (default: mlp-sr)",
+    )
+    stats.add_argument(
+        "--split",
+        default="auto",
+        choices=("auto", "flops", "memory", "blocks"),
+        help="how to cut blocks into stages, as for 'degl train' (default: auto)",
+    )
+    stats.add_argument("--cuts", metavar="I,J,...", help="explicit cut points (block indices)")
+    stats.add_argument("--input-shape", metavar="C,H,W", help="input shape (default: the model's)")
+    stats.add_argument("--width", type=float, default=1.0, help="channel-width multiplier (default: 1)")
+    stats.add_argument(
+        "--num-classes",
+        type=int,
+        metavar="N",
+        help="classes (default: 1000 for models whose default input is 224x224, else 10)",
+    )
+    models.epilog = (
+        "Stages are numbered from 0. The aux/main ratio is the MACs of the aux heads of stages "
+        "0..K-2 only (the heads DGL adds; the last stage's head is the network's classifier, "
+        "reported on its own) divided by the MACs of the main network's blocks (classifier excluded)."
+    )
 
     bench = sub.add_parser("bench", help="benchmarks (last stdout line is one JSON object)")
     from degl.bench import add_bench_parsers
@@ -114,18 +147,44 @@ def _version() -> str:
 
 
 def run_train(args: argparse.Namespace, given: dict[str, Any]) -> int:
-    from degl.train import resume, train
+    import os
 
+    from degl.runtime.dist import dist_env
+    from degl.train import resume_config, resume_from, train
+
+    env = dist_env()
+    if os.environ.get("DEGL_WORKER") == "1" and env is not None:  # a rank started by --workers
+        from degl.runtime.worker import run_rank
+
+        cfg = TrainConfig(**json.loads(Path(os.environ["DEGL_WORKER_CONFIG"]).read_text()))
+        resume_dir = os.environ.get("DEGL_WORKER_RESUME") or None
+        return run_rank(cfg, env, resume_dir=Path(resume_dir) if resume_dir else None, print_summary=False)
+    resume_dir: Path | None = None
     if args.resume:
         if args.config:
             raise UserError("--resume uses the run's saved configuration; drop --config")
-        summary, run_dir = resume(Path(args.resume), given)
+        resume_dir = Path(args.resume)
+        path, meta, cfg = resume_config(resume_dir, given)
     else:
         values: dict[str, Any] = load_config_file(args.config) if args.config else {}
         values.update(given)
+        processes = env.world_size if env is not None else values.get("workers")
+        if processes and processes > 1 and "stages" not in values:
+            values["stages"] = processes  # one stage per process
         cfg = make_config(values)
         if cfg.method == "backprop" and "stages" in values and cfg.stages != 1:
             print("degl: note: backprop trains the network end to end; --stages is ignored", file=sys.stderr)
+    if env is not None:  # one rank of a torchrun launch
+        from degl.runtime.worker import run_rank
+
+        return run_rank(cfg, env, resume_dir=resume_dir, print_summary=True)
+    if cfg.workers is not None and cfg.workers > 1:
+        from degl.runtime.launcher import launch_local
+
+        return launch_local(cfg, resume_dir=resume_dir)
+    if resume_dir is not None:
+        summary, run_dir = resume_from(resume_dir, path, meta, cfg)
+    else:
         summary, run_dir = train(cfg)
     print_summary(summary, run_dir)
     return 0
@@ -168,9 +227,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from degl.evaluation import evaluate_run
 
     result = evaluate_run(Path(args.run), device=args.device, data_dir=args.data_dir)
-    for stage, acc, ens in zip(
-        result["stages"], result["test_acc_per_stage"], result["test_ensemble_acc_per_stage"]
-    ):
+    for stage, acc, ens in zip(result["stages"], result["test_acc_per_stage"], result["test_ensemble_acc_per_stage"]):
         print(f"stage {stage}: test acc {acc:.2f}%  (ensemble of heads 0..{stage}: {ens:.2f}%)")
     print(json.dumps(result))
     return 0
@@ -179,20 +236,61 @@ def run_eval(args: argparse.Namespace) -> int:
 def run_models(args: argparse.Namespace) -> int:
     from degl.models import list_models, model_entry
 
+    if args.stats is not None:
+        return run_model_stats(args)
+    given = [
+        flag
+        for flag, value in (
+            ("--stages", args.stages),
+            ("--cuts", args.cuts),
+            ("--input-shape", args.input_shape),
+            ("--num-classes", args.num_classes),
+        )
+        if value is not None
+    ]
+    if given:
+        raise UserError(f"{', '.join(given)}: only meaningful with --stats MODEL")
     entries = [model_entry(name) for name in list_models()]
     if args.json:
         print(
             json.dumps(
-                {
-                    e.name: {"description": e.description, "input_shape": list(e.default_input_shape)}
-                    for e in entries
-                }
+                {e.name: {"description": e.description, "input_shape": list(e.default_input_shape)} for e in entries}
             )
         )
         return 0
     width = max(len(e.name) for e in entries)
     for e in entries:
         print(f"{e.name:<{width}}  {e.description}")
+    return 0
+
+
+def run_model_stats(args: argparse.Namespace) -> int:
+    from degl.config import parse_cuts, parse_shape
+    from degl.core.stats import model_stats
+    from degl.models import model_entry
+
+    entry = model_entry(args.stats)
+    if args.stages is None:
+        raise UserError("--stats needs --stages K (the number of stages to split the model into)")
+    shape = parse_shape(args.input_shape) if args.input_shape else entry.default_input_shape
+    classes = args.num_classes
+    if classes is None:
+        classes = 1000 if entry.default_input_shape[1:] == (224, 224) else 10
+    result = model_stats(
+        args.stats,
+        args.stages,
+        aux=args.aux,
+        split=args.split,
+        cuts=parse_cuts(args.cuts),
+        input_shape=shape,
+        width=args.width,
+        num_classes=classes,
+    )
+    if args.json:
+        print(json.dumps(result.to_json()))
+    else:
+        for line in result.format_table():
+            print(line)
     return 0
 
 

@@ -105,7 +105,5 @@ def format_table(result: dict[str, Any]) -> list[str]:
     for method, row in result["methods"].items():
         final = f"{row['test_acc_mean']:.2f}" + (f" ± {row['test_acc_std']:.2f}" if len(seeds) > 1 else "")
         stages = " ".join(f"{v:.2f}" for v in row["test_acc_per_stage_mean"]) if row["stages"] > 1 else "-"
-        lines.append(
-            f"{method:<9} {row['stages']:>2} {final:>18}  {stages:<32} {row['train_time_s_mean']:>8.1f}"
-        )
+        lines.append(f"{method:<9} {row['stages']:>2} {final:>18}  {stages:<32} {row['train_time_s_mean']:>8.1f}")
     return lines

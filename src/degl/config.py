@@ -18,11 +18,11 @@ import yaml
 from degl.errors import UserError
 
 METHODS = ("backprop", "dgl", "sgl")
-DATASETS = ("fashion-mnist", "synthetic")
+DATASETS = ("fashion-mnist", "cifar10", "imagenet", "synthetic")
 PRECISIONS = ("fp32", "bf16", "fp16")
 SCHEDULES = ("constant", "step", "cosine")
 OPTIMIZERS = ("sgd", "adam")
-SPLITS = ("auto", "flops", "memory", "blocks")
+SPLITS = ("auto", "flops", "memory", "blocks", "time")
 
 
 def _opt(help: str, **extra: Any) -> dict[str, Any]:
@@ -43,7 +43,8 @@ class TrainConfig:
         default="auto",
         metadata=_opt(
             "how to cut blocks into stages: auto (the paper's cut if it has one, else flops), "
-            "flops, memory (saved activations) or blocks (equal block counts)",
+            "flops, memory (saved activations), blocks (equal block counts) or time (measured training "
+            "time per block and head; recorded as --cuts)",
             choices=SPLITS,
         ),
     )
@@ -53,9 +54,12 @@ class TrainConfig:
     # data
     dataset: str = field(default="fashion-mnist", metadata=_opt("data set", choices=DATASETS))
     data_dir: str | None = field(default=None, metadata=_opt("directory holding the data set files"))
-    augment: bool = field(
-        default=True, metadata=_opt("random crop (+flip where it makes sense) on training batches")
+    download: bool = field(default=False, metadata=_opt("cifar10: download it (needs internet) if it is not found"))
+    image_size: int = field(
+        default=224, metadata=_opt("imagenet: crop side in pixels (evaluation resizes to size*256/224 first)")
     )
+    data_workers: int = field(default=4, metadata=_opt("imagenet: loader worker processes (0: none)"))
+    augment: bool = field(default=True, metadata=_opt("random crop (+flip where it makes sense) on training batches"))
     train_size: int | None = field(default=None, metadata=_opt("use only the first N training samples"))
     input_shape: str = field(default="3,32,32", metadata=_opt("synthetic data: C,H,W"))
     num_classes: int = field(default=10, metadata=_opt("synthetic data: number of classes"))
@@ -76,18 +80,25 @@ class TrainConfig:
     seed: int = field(default=0, metadata=_opt("random seed (initialisation, shuffling, augmentation)"))
     device: str = field(default="auto", metadata=_opt("cpu, cuda, cuda:N or auto"))
     precision: str = field(default="fp32", metadata=_opt("arithmetic precision", choices=PRECISIONS))
-    deterministic: bool = field(
-        default=False, metadata=_opt("deterministic algorithms (bit-exact resume on CPU)")
+    deterministic: bool = field(default=False, metadata=_opt("deterministic algorithms (bit-exact resume on CPU)"))
+    workers: int | None = field(
+        default=None,
+        metadata=_opt("run the K stages in K local processes (one stage each) over torch.distributed"),
+    )
+    fault_timeout: float = field(
+        default=60.0, metadata=_opt("multi-process: seconds a rank waits on a silent peer before giving up")
+    )
+    max_in_flight: int = field(
+        default=2, metadata=_opt("multi-process: activation messages a rank may have in flight (backpressure)")
     )
     threads: int | None = field(
-        default=None, metadata=_opt("torch intra-op threads (default: torch's choice)")
+        default=None,
+        metadata=_opt("torch intra-op threads per process (default: torch's choice; with --workers K: cores // K)"),
     )
     max_steps: int | None = field(
         default=None, metadata=_opt("stop after N training steps in this invocation (checkpointed)")
     )
-    out: str | None = field(
-        default=None, metadata=_opt("run directory (default runs/<method>-<model>-<time>)")
-    )
+    out: str | None = field(default=None, metadata=_opt("run directory (default runs/<method>-<model>-<time>)"))
     progress: bool = field(default=True, metadata=_opt("progress bars on stderr"))
 
     def to_dict(self) -> dict[str, Any]:
@@ -95,7 +106,20 @@ class TrainConfig:
 
 
 # Options that describe the invocation, not the run: they may change when resuming.
-INVOCATION_KEYS = frozenset({"max_steps", "threads", "progress", "device", "out"})
+INVOCATION_KEYS = frozenset(
+    {
+        "max_steps",
+        "threads",
+        "progress",
+        "device",
+        "out",
+        "data_workers",
+        "download",
+        "workers",
+        "fault_timeout",
+        "max_in_flight",
+    }
+)
 
 
 def config_fields() -> list[dataclasses.Field]:
@@ -129,9 +153,7 @@ def coerce(name: str, value: Any, *, source: str) -> Any:
     if kind is str and isinstance(value, (int, float)) and not isinstance(value, bool) and name == "cuts":
         return str(value)
     if not isinstance(value, kind):
-        raise UserError(
-            f"{source}: {flag} must be of type {kind.__name__}, got {type(value).__name__} {value!r}"
-        )
+        raise UserError(f"{source}: {flag} must be of type {kind.__name__}, got {type(value).__name__} {value!r}")
     return value
 
 
@@ -154,9 +176,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     for key, value in data.items():
         name = str(key).replace("-", "_")
         if name not in names:
-            raise UserError(
-                f"config file {path}: unknown option {key!r}; see 'degl train --help' for the options"
-            )
+            raise UserError(f"config file {path}: unknown option {key!r}; see 'degl train --help' for the options")
         values[name] = coerce(name, value, source=f"config file {path}")
     return values
 
@@ -195,12 +215,10 @@ def validate(cfg: TrainConfig) -> None:
         if choices and value not in choices:
             flag = "--" + f.name.replace("_", "-")
             raise UserError(f"unknown {flag} {value!r}; choose one of: {', '.join(choices)}")
-    positive_ints = ["stages", "epochs", "batch_size", "eval_batch_size", "num_classes", "synthetic_size"]
+    positive_ints = ["stages", "epochs", "batch_size", "eval_batch_size", "num_classes", "synthetic_size", "image_size"]
     for name in positive_ints:
         if getattr(cfg, name) < 1:
-            raise UserError(
-                f"--{name.replace('_', '-')} must be a positive integer, got {getattr(cfg, name)}"
-            )
+            raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(cfg, name)}")
     for name in ("train_size", "threads", "max_steps", "lr_decay_every"):
         value = getattr(cfg, name)
         if value is not None and value < 1:
@@ -210,6 +228,14 @@ def validate(cfg: TrainConfig) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
     if not 0 < cfg.lr_decay_factor <= 1:
         raise UserError(f"--lr-decay-factor must be in (0, 1], got {cfg.lr_decay_factor}")
+    if cfg.workers is not None and cfg.workers < 1:
+        raise UserError(f"--workers must be a positive integer, got {cfg.workers}")
+    if not cfg.fault_timeout > 0:
+        raise UserError(f"--fault-timeout must be positive, got {cfg.fault_timeout}")
+    if cfg.max_in_flight < 1:
+        raise UserError(f"--max-in-flight must be a positive integer, got {cfg.max_in_flight}")
+    if cfg.data_workers < 0:
+        raise UserError(f"--data-workers must be 0 or more, got {cfg.data_workers}")
     if cfg.weight_decay < 0 or cfg.momentum < 0:
         raise UserError("--weight-decay and --momentum must not be negative")
     parse_shape(cfg.input_shape)

@@ -26,9 +26,7 @@ def evaluate_run(run_dir: Path, *, device: str | None = None, data_dir: str | No
         try:
             stage.load_state_dict(checkpoint.load_stage(path, index, setup.device)["model"])
         except RuntimeError as exc:
-            raise UserError(
-                f"checkpoint {path} does not match its config: {str(exc).splitlines()[0][:160]}"
-            ) from None
+            raise UserError(f"checkpoint {path} does not match its config: {str(exc).splitlines()[0][:160]}") from None
     phase = min(int(meta["position"]["phase"]), setup.method.num_phases - 1)
     result = evaluate(
         setup.stages,

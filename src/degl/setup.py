@@ -7,7 +7,7 @@ builds bit-identical stages from the same config and seed.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -60,6 +60,9 @@ def load_data(cfg: TrainConfig) -> Dataset:
         input_shape=parse_shape(cfg.input_shape),
         num_classes=cfg.num_classes,
         synthetic_size=cfg.synthetic_size,
+        image_size=cfg.image_size,
+        data_workers=cfg.data_workers,
+        download=cfg.download,
     )
     data = data.subset(cfg.train_size)
     if data.num_train < cfg.batch_size:
@@ -70,12 +73,21 @@ def load_data(cfg: TrainConfig) -> Dataset:
 def make_stages(cfg: TrainConfig, data: Dataset) -> list[Stage]:
     """Stages initialised from ``cfg.seed`` (the same weights in every process that calls this)."""
     torch.manual_seed(cfg.seed)
-    backbone = build_model(
-        cfg.model, width=cfg.width, input_shape=data.input_shape, num_classes=data.num_classes
-    )
-    return build_stages(
-        backbone, num_stages_for(cfg), aux=cfg.aux, cuts=parse_cuts(cfg.cuts), split=cfg.split
-    )
+    backbone = build_model(cfg.model, width=cfg.width, input_shape=data.input_shape, num_classes=data.num_classes)
+    return build_stages(backbone, num_stages_for(cfg), aux=cfg.aux, cuts=parse_cuts(cfg.cuts), split=cfg.split)
+
+
+def resolve_cuts(cfg: TrainConfig, data: Dataset) -> TrainConfig:
+    """Record a measured (``--split time``) cut as explicit ``--cuts``.
+
+    Timings differ between processes and runs; deciding once and saving the result means every
+    rank and every resume builds exactly the same stages.
+    """
+    if cfg.split != "time" or cfg.cuts is not None or num_stages_for(cfg) == 1:
+        return cfg
+    with torch.random.fork_rng():
+        stages = make_stages(cfg, data)
+    return replace(cfg, cuts=",".join(str(stage.block_indices[0]) for stage in stages[1:]))
 
 
 def optim_settings(cfg: TrainConfig, steps_per_epoch: int) -> OptimSettings:
@@ -108,6 +120,7 @@ def build_setup(cfg: TrainConfig) -> RunSetup:
     device = resolve_device(cfg.device)
     configure_torch(cfg)
     data = load_data(cfg)
+    cfg = resolve_cuts(cfg, data)
     stages = [stage.to(device) for stage in make_stages(cfg, data)]
     train_loader, test_loader = data.loaders(
         batch_size=cfg.batch_size,

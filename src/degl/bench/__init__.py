@@ -35,19 +35,18 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-shape", default="3,32,32", help="C,H,W of one input (default: 3,32,32)")
     parser.add_argument("--num-classes", type=int, default=10, help="classes (default: 10)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
-    parser.add_argument(
-        "--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="(default: fp32)"
-    )
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="(default: fp32)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0, help="initialisation seed (default: 0)")
 
 
 def add_bench_parsers(bench: argparse.ArgumentParser) -> None:
-    from degl.bench import memory, step
+    from degl.bench import memory, pipeline, step
 
     kinds = bench.add_subparsers(dest="bench_kind", metavar="KIND", required=True, parser_class=type(bench))
     step.add_parser(kinds)
     memory.add_parser(kinds)
+    pipeline.add_parser(kinds)
 
 
 @dataclass
@@ -75,9 +74,7 @@ def build_bench_models(args: argparse.Namespace) -> BenchModels:
     reference = copy.deepcopy(backbone)
     dgl_stages = [
         s.to(device)
-        for s in build_stages(
-            backbone, args.stages, aux=args.aux, cuts=parse_cuts(args.cuts), split=args.split
-        )
+        for s in build_stages(backbone, args.stages, aux=args.aux, cuts=parse_cuts(args.cuts), split=args.split)
     ]
     bp_stages = [s.to(device) for s in build_stages(reference, 1, aux=args.aux)]
     settings = OptimSettings(lr=0.01, schedule="constant")

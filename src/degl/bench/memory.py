@@ -17,9 +17,7 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
     parser.set_defaults(bench_func=run)
 
 
-def measure_step(
-    method: Method, x: torch.Tensor, y: torch.Tensor, device: torch.device
-) -> tuple[int, int | None]:
+def measure_step(method: Method, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> tuple[int, int | None]:
     """(peak saved-activation bytes, peak CUDA bytes allocated or None) of one training step."""
     params = [p for stage in method.stages for p in stage.parameters()]
     if device.type == "cuda":
@@ -77,8 +75,7 @@ def run(args: argparse.Namespace) -> int:
             }
         )
         lines.append(
-            f"torch.cuda.max_memory_allocated: backprop {bp_cuda / 2**20:.1f} MiB, "
-            f"dgl {dgl_cuda / 2**20:.1f} MiB"
+            f"torch.cuda.max_memory_allocated: backprop {bp_cuda / 2**20:.1f} MiB, dgl {dgl_cuda / 2**20:.1f} MiB"
         )
     emit(lines, result)
     return 0

@@ -9,6 +9,34 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 
+def train_time(module: nn.Module, x: torch.Tensor, *, repeats: int = 3, loss: str = "mean") -> float:
+    """Median seconds of one forward + backward of ``module`` on ``x`` (after one warm-up pass).
+
+    ``loss="mean"`` back-propagates the output's mean (a block); ``"ce"`` a cross-entropy against
+    class 0 (a head). Runs on a copy's parameters as they are: callers pass throw-away copies.
+    """
+    import statistics
+    import time
+
+    times = []
+    for i in range(repeats + 1):
+        for p in module.parameters():
+            p.grad = None
+        tick = time.perf_counter()
+        out = module(x)
+        if loss == "ce":
+            target = torch.zeros(out.shape[0], dtype=torch.long, device=out.device)
+            value = torch.nn.functional.cross_entropy(out.float(), target)
+        else:
+            value = out.float().mean()
+        value.backward()
+        if x.device.type == "cuda":
+            torch.cuda.synchronize(x.device)
+        if i > 0:
+            times.append(time.perf_counter() - tick)
+    return statistics.median(times)
+
+
 def count_flops(module: nn.Module, x: torch.Tensor) -> int:
     """FLOPs of one forward pass of ``module`` on ``x`` (matmul/conv FLOPs = 2 x MACs)."""
     with FlopCounterMode(display=False) as counter, torch.no_grad():

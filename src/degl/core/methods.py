@@ -112,9 +112,7 @@ class LocalLearning(Method):
     def __init__(self, stages: Sequence[Stage], **kwargs: Any) -> None:
         super().__init__(stages, **kwargs)
         self.optimizers = [self._make_optimizer(list(stage.parameters())) for stage in self.stages]
-        self.schedulers = [
-            self._make_scheduler(opt) if self._make_scheduler else None for opt in self.optimizers
-        ]
+        self.schedulers = [self._make_scheduler(opt) if self._make_scheduler else None for opt in self.optimizers]
         self.scalers = [self.precision.make_scaler() for _ in self.stages]
 
     def local_step(self, index: int, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, StepResult]:
@@ -155,9 +153,7 @@ class LocalLearning(Method):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for stage_state, opt, sched, scaler in zip(
-            state["stages"], self.optimizers, self.schedulers, self.scalers
-        ):
+        for stage_state, opt, sched, scaler in zip(state["stages"], self.optimizers, self.schedulers, self.scalers):
             opt.load_state_dict(stage_state["optimizer"])
             if sched is not None and stage_state["scheduler"] is not None:
                 sched.load_state_dict(stage_state["scheduler"])

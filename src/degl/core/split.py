@@ -13,19 +13,25 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from degl.core.measure import count_flops, saved_activation_bytes
+from degl.core.measure import count_flops, saved_activation_bytes, train_time
 from degl.core.stage import Stage
 from degl.errors import UserError
 from degl.models.heads import build_head
 from degl.models.registry import Backbone
 
 
-def block_costs(
-    blocks: Sequence[nn.Module], input_shape: Sequence[int], measure: str = "flops"
-) -> tuple[list[float], list[tuple[int, ...]]]:
-    """Per-block cost for a batch of one sample, and each block's per-sample output shape.
+def time_input(x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    return torch.randn(batch_size, *x.shape[1:]).requires_grad_()
 
-    Measured on copies in training mode so the real blocks' BatchNorm statistics are untouched.
+
+def block_costs(
+    blocks: Sequence[nn.Module], input_shape: Sequence[int], measure: str = "flops", *, batch_size: int = 32
+) -> tuple[list[float], list[tuple[int, ...]]]:
+    """Per-block cost and each block's per-sample output shape.
+
+    ``flops`` and ``memory`` are exact counts for one sample; ``time`` is the measured seconds of a
+    forward + backward on a batch of ``batch_size`` with the current torch thread setting. Measured
+    on copies in training mode so the real blocks' BatchNorm statistics are untouched.
     """
     costs: list[float] = []
     shapes: list[tuple[int, ...]] = []
@@ -36,6 +42,8 @@ def block_costs(
             costs.append(count_flops(probe, x) / 2)
         elif measure == "memory":
             costs.append(saved_activation_bytes(probe, x) / 2)
+        elif measure == "time":
+            costs.append(train_time(probe, time_input(x, batch_size)))
         else:
             costs.append(1.0)
         with torch.no_grad():
@@ -44,10 +52,11 @@ def block_costs(
     return costs, shapes
 
 
-def balanced_cuts(costs: Sequence[float], num_stages: int) -> list[int]:
-    """Contiguous partition of ``costs`` into ``num_stages`` groups minimising the largest group sum.
+def balanced_cuts(costs: Sequence[float], num_stages: int, end_costs: Sequence[float] | None = None) -> list[int]:
+    """Contiguous partition of ``costs`` into ``num_stages`` groups minimising the largest group cost.
 
-    Exact dynamic programme, O(K n^2); ties prefer later cuts (smaller early stages).
+    A group's cost is the sum of its blocks' costs plus ``end_costs[j]`` for its last block j (the
+    head it feeds). Exact dynamic programme, O(K n^2); ties prefer later cuts.
     """
     n = len(costs)
     prefix = [0.0]
@@ -61,7 +70,8 @@ def balanced_cuts(costs: Sequence[float], num_stages: int) -> list[int]:
     for k in range(1, num_stages + 1):
         for i in range(k, n + 1):
             for j in range(k - 1, i):
-                value = max(best[k - 1][j], prefix[i] - prefix[j])
+                end = end_costs[i - 1] if end_costs is not None else 0.0
+                value = max(best[k - 1][j], prefix[i] - prefix[j] + end)
                 if value <= best[k][i]:
                     best[k][i], choice[k][i] = value, j
     cuts: list[int] = []
@@ -86,13 +96,9 @@ def even_cuts(num_blocks: int, num_stages: int) -> list[int]:
 def check_cuts(cuts: Sequence[int], num_blocks: int, num_stages: int) -> list[int]:
     cuts = list(cuts)
     if len(cuts) != num_stages - 1:
-        raise UserError(
-            f"--cuts needs {num_stages - 1} indices for {num_stages} stages, got {len(cuts)}: {cuts}"
-        )
+        raise UserError(f"--cuts needs {num_stages - 1} indices for {num_stages} stages, got {len(cuts)}: {cuts}")
     if any(not 0 < c < num_blocks for c in cuts) or sorted(set(cuts)) != cuts:
-        raise UserError(
-            f"--cuts must be strictly increasing block indices between 1 and {num_blocks - 1}, got {cuts}"
-        )
+        raise UserError(f"--cuts must be strictly increasing block indices between 1 and {num_blocks - 1}, got {cuts}")
     return cuts
 
 
@@ -127,6 +133,7 @@ def build_stages(
     cuts: Sequence[int] | None = None,
     split: str = "auto",
     classifier: nn.Module | None = None,
+    time_batch: int = 32,
 ) -> list[Stage]:
     """Cut ``model`` into ``num_stages`` stages with aux heads.
 
@@ -137,7 +144,9 @@ def build_stages(
         num_classes: needed for an ``nn.Sequential``.
         input_shape: per-sample input shape; needed for an ``nn.Sequential``.
         cuts: block indices where stages 1..K-1 start; overrides ``split``.
-        split: ``auto`` (paper cut when known, else ``flops``), ``flops``, ``memory`` or ``blocks``.
+        split: ``auto`` (paper cut when known, else ``flops``), ``flops``, ``memory`` (bytes saved
+            for backward), ``blocks`` (equal counts) or ``time`` (measured training time of each
+            block plus the head it would feed, on batches of ``time_batch``).
         classifier: head of the last stage; defaults to the backbone's classifier, or an ``aux``
             head for an ``nn.Sequential``.
     """
@@ -162,9 +171,22 @@ def build_stages(
         if cuts is None and num_stages in paper_cuts:
             cuts = paper_cuts[num_stages]
         split = "flops"
-    if split not in ("flops", "memory", "blocks"):
-        raise UserError(f"unknown split {split!r}; choose auto, flops, memory or blocks")
-    costs, shapes = block_costs(blocks, shape, split)
+    if split not in ("flops", "memory", "blocks", "time"):
+        raise UserError(f"unknown split {split!r}; choose auto, flops, memory, blocks or time")
+    costs, shapes = block_costs(blocks, shape, split, batch_size=time_batch)
+    if cuts is None and split == "time" and num_stages > 1:
+        # Each stage also trains the head after its last block: measure every candidate head.
+        end_costs = [
+            train_time(
+                copy.deepcopy(
+                    head if j == len(blocks) - 1 and head is not None else build_head(aux, shapes[j], num_classes)
+                ).train(),
+                time_input(torch.zeros(1, *shapes[j]), time_batch),
+                loss="ce",
+            )
+            for j in range(len(blocks))
+        ]
+        cuts = balanced_cuts(costs, num_stages, end_costs)
     groups = split_blocks(len(blocks), num_stages, cuts=cuts, costs=None if split == "blocks" else costs)
     stages: list[Stage] = []
     in_shape = shape

@@ -42,6 +42,4 @@ class Stage(nn.Module):
         return features, self.head(features)
 
     def extra_repr(self) -> str:
-        return (
-            f"index={self.index}, blocks={list(self.block_indices)}, in={self.in_shape}, out={self.out_shape}"
-        )
+        return f"index={self.index}, blocks={list(self.block_indices)}, in={self.in_shape}, out={self.out_shape}"

@@ -20,6 +20,10 @@ class BatchLoader(Protocol):
 
     def __len__(self) -> int: ...
 
+    def batch_sizes(self) -> list[int]:
+        """The size of every batch of an epoch, in order (the same for every epoch)."""
+        ...
+
     def epoch(self, epoch: int = 0, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
@@ -81,9 +85,7 @@ class ImageData:
         """Device-resident loaders: shuffled, augmented training batches and in-order test batches."""
         from degl.data.loader import DeviceLoader
 
-        train = DeviceLoader(
-            self, train=True, batch_size=batch_size, device=device, augment=augment, seed=seed
-        )
+        train = DeviceLoader(self, train=True, batch_size=batch_size, device=device, augment=augment, seed=seed)
         test = DeviceLoader(self, train=False, batch_size=eval_batch_size, device=device)
         return train, test
 

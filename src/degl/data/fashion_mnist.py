@@ -24,10 +24,7 @@ FILES = {
 }
 SIZES = {"train": 60000, "test": 10000}
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
-HINT = (
-    "run 'make install' (installs Debian's dataset-fashion-mnist) "
-    "or pass --data-dir DIR with the four IDX files"
-)
+HINT = "run 'make install' (installs Debian's dataset-fashion-mnist) or pass --data-dir DIR with the four IDX files"
 
 
 def candidate_dirs() -> list[Path]:
@@ -54,9 +51,7 @@ def find_data_dir(data_dir: str | Path | None) -> Path:
             raise UserError(f"--data-dir {path} does not exist or is not a directory; {HINT}")
         missing = [stem for stem in FILES.values() if _find_file(path, stem) is None]
         if missing:
-            raise UserError(
-                f"--data-dir {path} lacks Fashion-MNIST file(s) {', '.join(missing)}(.gz); {HINT}"
-            )
+            raise UserError(f"--data-dir {path} lacks Fashion-MNIST file(s) {', '.join(missing)}(.gz); {HINT}")
         return path
     for path in candidate_dirs():
         if all(_find_file(path, stem) is not None for stem in FILES.values()):

@@ -80,6 +80,10 @@ class DeviceLoader:
         n = len(self.labels)
         return n // self.batch_size if self.train else -(-n // self.batch_size)
 
+    def batch_sizes(self) -> list[int]:
+        n = len(self.labels)
+        return [min(self.batch_size, n - i * self.batch_size) for i in range(len(self))]
+
     @property
     def num_samples(self) -> int:
         return len(self) * self.batch_size if self.train else len(self.labels)

@@ -1,6 +1,13 @@
 """Backbones as lists of blocks, single-device, no training code."""
 
-from degl.models import cifar  # noqa: F401  (registers the models)
+from degl.models import (  # noqa: F401  (importing a family registers its models)
+    cifar,
+    dni_cnn,
+    greedynet,
+    resnet_cifar,
+    resnet_imagenet,
+    vgg,
+)
 from degl.models.heads import AUX_KINDS, build_head
 from degl.models.registry import Backbone, build_model, list_models, model_entry, register_model
 

@@ -47,9 +47,7 @@ def vgg_like(
         in_channels = out_channels
     classifier = mlp_head((in_channels, height, width_px), num_classes, hidden_layers=2)
     # The paper groups b consecutive layers per stage (K = depth / b).
-    paper_cuts = {
-        k: tuple(range(depth // k, depth, depth // k)) for k in range(1, depth + 1) if depth % k == 0
-    }
+    paper_cuts = {k: tuple(range(depth // k, depth, depth // k)) for k in range(1, depth + 1) if depth % k == 0}
     return Backbone(name, blocks, classifier, tuple(input_shape), paper_cuts)
 
 

@@ -53,19 +53,34 @@ class ModelEntry:
     builder: ModelBuilder
     description: str
     default_input_shape: tuple[int, int, int]
+    test_input_shape: tuple[int, int, int] | None = None
+    """Smaller input the contract tests build the model for (e.g. 3x64x64 for ImageNet nets, whose
+    224x224 default makes the every-model x every-K suite slow); ``None`` means the default shape."""
+
+    @property
+    def contract_input_shape(self) -> tuple[int, int, int]:
+        """The input shape tests should use: ``test_input_shape`` if set, else the default."""
+        return self.test_input_shape or self.default_input_shape
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
 def register_model(
-    name: str, *, description: str, default_input_shape: tuple[int, int, int] = (3, 32, 32)
+    name: str,
+    *,
+    description: str,
+    default_input_shape: tuple[int, int, int] = (3, 32, 32),
+    test_input_shape: tuple[int, int, int] | None = None,
 ) -> Callable[[ModelBuilder], ModelBuilder]:
-    """Register ``builder(width=, input_shape=, num_classes=) -> Backbone`` under ``name``."""
+    """Register ``builder(width=, input_shape=, num_classes=) -> Backbone`` under ``name``.
+
+    ``test_input_shape`` (default: ``default_input_shape``) is what the contract tests use.
+    """
 
     def decorate(builder: ModelBuilder) -> ModelBuilder:
         assert name not in _REGISTRY, f"model {name!r} registered twice"
-        _REGISTRY[name] = ModelEntry(name, builder, description, default_input_shape)
+        _REGISTRY[name] = ModelEntry(name, builder, description, default_input_shape, test_input_shape)
         return builder
 
     return decorate
@@ -78,9 +93,7 @@ def list_models() -> list[str]:
 
 def model_entry(name: str) -> ModelEntry:
     if name not in _REGISTRY:
-        raise UserError(
-            f"unknown model {name!r}; run 'degl models' to list them ({', '.join(list_models())})"
-        )
+        raise UserError(f"unknown model {name!r}; run 'degl models' to list them ({', '.join(list_models())})")
     return _REGISTRY[name]
 
 

@@ -1,0 +1,100 @@
+"""CIFAR ResNet-110 of the DDG comparison (paper-spec §2.6).
+
+BasicBlocks in three groups of 18, 16/32/64 channels, with "option A" shortcuts: where a block
+halves the resolution and doubles the width, the identity path subsamples every other pixel and
+pads the new channels with zeros, so shortcuts have no parameters (He et al. 2016, §4.2). The
+paper's list of 58 splittable pieces is kept exactly: conv, BN, ReLU, the 54 residual blocks, and
+global average pool + flatten. So any K from 1 to 58 works and the paper's K=2 cut is at 29: stem,
+group 1 and the first 8 blocks of group 2 (32@16x16, 121.9M MACs), then the rest (130.9M MACs).
+
+The residual block itself is torchvision's public ``BasicBlock`` with the option-A shortcut passed
+as its ``downsample`` module.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models.resnet import BasicBlock
+
+from degl.models.registry import Backbone, channels, register_model
+
+_WIDTHS = (16, 32, 64)
+
+
+class ShortcutA(nn.Module):
+    """Parameter-free shortcut: keep every ``stride``-th pixel, append zero channels.
+
+    Same as the paper's ``AvgPool2d(kernel 1, stride)`` followed by concatenating zeros, and the
+    output size matches a 3x3 conv with padding 1 and the same stride (ceil(S / stride)).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        assert out_channels >= in_channels, "option-A shortcuts can only add channels"
+        self.stride = stride
+        self.extra = out_channels - in_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, :, :: self.stride, :: self.stride]
+        return F.pad(x, (0, 0, 0, 0, 0, self.extra))
+
+    def extra_repr(self) -> str:
+        return f"stride={self.stride}, zero_channels={self.extra}"
+
+
+def cifar_resnet(
+    *,
+    name: str,
+    blocks_per_group: int,
+    width: float,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+) -> Backbone:
+    """A CIFAR ResNet of depth ``6 * blocks_per_group + 2`` as stem pieces, blocks and the pool."""
+    widths = [channels(w, width) for w in _WIDTHS]
+    blocks: list[nn.Module] = [
+        nn.Conv2d(input_shape[0], widths[0], 3, padding=1, bias=False),
+        nn.BatchNorm2d(widths[0]),
+        nn.ReLU(inplace=True),
+    ]
+    in_channels = widths[0]
+    for group, planes in enumerate(widths):
+        for index in range(blocks_per_group):
+            stride = 2 if group > 0 and index == 0 else 1
+            shortcut = None
+            if stride != 1 or in_channels != planes:
+                shortcut = ShortcutA(in_channels, planes, stride)
+            blocks.append(BasicBlock(in_channels, planes, stride=stride, downsample=shortcut))
+            in_channels = planes
+    blocks.append(nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()))
+    classifier = nn.Linear(in_channels, num_classes)
+    for module in nn.ModuleList(blocks).modules():
+        _init(module)
+    half = math.ceil(len(blocks) / 2)
+    return Backbone(name, blocks, classifier, tuple(input_shape), paper_cuts={2: (half,)})
+
+
+def _init(module: nn.Module) -> None:
+    # The DDG code's init: convs N(0, sqrt(2 / (k*k*out_channels))), i.e. He init over fan-out;
+    # BN weight 1, bias 0. The classifier keeps PyTorch's default, as in the paper's code.
+    if isinstance(module, nn.Conv2d):
+        nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+@register_model(
+    "resnet110",
+    description="CIFAR ResNet-110 (option-A shortcuts) of the DDG comparison; 58 blocks, paper K=2",
+)
+def resnet110(
+    *, width: float = 1.0, input_shape: tuple[int, int, int] = (3, 32, 32), num_classes: int = 10
+) -> Backbone:
+    return cifar_resnet(
+        name="resnet110", blocks_per_group=18, width=width, input_shape=input_shape, num_classes=num_classes
+    )

@@ -1,0 +1,1 @@
+"""Where stages execute: processes, ranks, devices, transports and replay buffers."""

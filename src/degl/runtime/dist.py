@@ -1,0 +1,79 @@
+"""Process-group plumbing: who am I, which device, how to reach the others.
+
+Ranks are started either by ``torchrun`` (single or multi-node, its rendezvous sets RANK,
+WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) or by ``degl train --workers K``, which sets the
+same variables for K local processes. Rank k runs stage k.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from degl.errors import UserError
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    launcher: str  # "torchrun" or "degl"
+
+    @property
+    def is_first(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def is_last(self) -> bool:
+        return self.rank == self.world_size - 1
+
+
+def dist_env() -> DistEnv | None:
+    """The distributed environment set by torchrun or ``--workers``, or None for a plain process."""
+    if "WORLD_SIZE" not in os.environ or "RANK" not in os.environ:
+        return None
+    world_size = int(os.environ["WORLD_SIZE"])
+    if world_size < 2:
+        return None
+    launcher = "degl" if os.environ.get("DEGL_WORKER") == "1" else "torchrun"
+    return DistEnv(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", os.environ["RANK"])), launcher)
+
+
+def device_for(env: DistEnv, requested: str) -> torch.device:
+    """CPU, or GPU ``local_rank mod #GPUs`` (= rank mod #GPUs on one node)."""
+    wants_cuda = requested.startswith("cuda") or (requested == "auto" and torch.cuda.is_available())
+    if not wants_cuda:
+        if requested not in ("cpu", "auto"):
+            raise UserError(f"unsupported --device {requested!r} for the pipeline; use cpu, cuda or auto")
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise UserError(f"--device {requested} but no CUDA device is available; use --device cpu")
+    device = torch.device("cuda", env.local_rank % torch.cuda.device_count())
+    torch.cuda.set_device(device)
+    return device
+
+
+def init_process_group(env: DistEnv, device: torch.device, timeout_s: float) -> None:
+    """gloo on CPU, NCCL on GPU; every blocking operation gives up after ``timeout_s``."""
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    kwargs = {"device_id": device} if backend == "nccl" else {}
+    dist.init_process_group(
+        backend, rank=env.rank, world_size=env.world_size, timeout=timedelta(seconds=timeout_s), **kwargs
+    )
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def default_threads(num_processes: int) -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // num_processes)

@@ -1,0 +1,260 @@
+"""The multi-process pipeline over gloo on CPU: exactness, resume, faults, launchers."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import run_degl
+from degl import checkpoint
+from degl.runtime.dist import free_port
+
+pytestmark = pytest.mark.distributed
+
+TINY = [
+    "--dataset",
+    "synthetic",
+    "--input-shape",
+    "1,12,12",
+    "--synthetic-size",
+    "256",
+    "--num-classes",
+    "4",
+    "--model",
+    "cnn4",
+    "--width",
+    "0.125",
+    "--batch-size",
+    "32",
+    "--no-progress",
+]
+EXACT = [*TINY, "--epochs", "2", "--threads", "1", "--deterministic"]
+
+
+def weights(run):
+    path, meta = checkpoint.load_meta(run)
+    return [checkpoint.load_stage(path, i) for i in range(meta["num_stages"])], meta
+
+
+def assert_same_run(a, b):
+    assert (a / "metrics.jsonl").read_text() == (b / "metrics.jsonl").read_text()
+    (states_a, meta_a), (states_b, meta_b) = weights(a), weights(b)
+    assert meta_a["position"] == meta_b["position"] and meta_a["global_step"] == meta_b["global_step"]
+    for sa, sb in zip(states_a, states_b):
+        for key, tensor in sa["model"].items():
+            assert torch.equal(tensor, sb["model"][key]), key
+        for (ka, va), (kb, vb) in zip(sa["optimizer"]["state"].items(), sb["optimizer"]["state"].items()):
+            assert ka == kb and torch.equal(va["momentum_buffer"], vb["momentum_buffer"])
+
+
+def summary(run):
+    return json.loads((run / "summary.json").read_text())
+
+
+def test_three_processes_equal_one_bit_for_bit(tmp_path):
+    one, three = tmp_path / "one", tmp_path / "three"
+    done = run_degl("train", *EXACT, "--stages", "3", "--out", str(one))
+    assert done.returncode == 0, done.stderr
+    done = run_degl("train", *EXACT, "--workers", "3", "--out", str(three))
+    assert done.returncode == 0, done.stderr
+    assert "test accuracy per stage" in done.stdout
+    assert_same_run(one, three)
+    s = summary(three)
+    assert s["workers"] == 3 and len(s["idle_fraction_per_stage"]) == 3
+    assert s["test_acc_per_stage"] == summary(one)["test_acc_per_stage"]
+
+
+def test_stopped_pipeline_resumes_to_the_same_result(tmp_path):
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert run_degl("train", *EXACT, "--stages", "2", "--out", str(whole)).returncode == 0
+    done = run_degl("train", *EXACT, "--workers", "2", "--max-steps", "5", "--out", str(parts))
+    assert done.returncode == 0, done.stderr
+    assert summary(parts)["steps_completed"] == 5 and not summary(parts)["completed"]
+    # The checkpoint format is the same for every runtime: finish in one process, then compare.
+    done = run_degl("train", "--resume", str(parts), "--max-steps", "6")
+    assert done.returncode == 0, done.stderr
+    done = run_degl("train", "--resume", str(parts))  # back to 2 workers (the saved setting)
+    assert done.returncode == 0, done.stderr
+    assert summary(parts)["completed"]
+    assert_same_run(whole, parts)
+
+
+def wait_for(predicate, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.1)
+
+
+def rank_pids(parent_pid):
+    """PIDs of the ranks started by the launcher, by rank."""
+    pids = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = open(f"/proc/{entry}/stat").read()
+            environ = open(f"/proc/{entry}/environ", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) != parent_pid:
+            continue
+        env = dict(item.split(b"=", 1) for item in environ if b"=" in item)
+        if env.get(b"DEGL_WORKER") == b"1":
+            pids[int(env[b"RANK"])] = int(entry)
+    return pids
+
+
+LONG = [
+    "--dataset",
+    "synthetic",
+    "--input-shape",
+    "1,16,16",
+    "--synthetic-size",
+    "4096",
+    "--num-classes",
+    "4",
+    "--model",
+    "cnn4",
+    "--width",
+    "0.25",
+    "--batch-size",
+    "16",
+    "--epochs",
+    "6",
+    "--no-progress",
+    "--threads",
+    "1",
+]
+
+
+def start(tmp_path, *extra, env=None):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "degl", "train", *LONG, "--workers", "3", *extra, "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    return proc, out
+
+
+def test_a_killed_rank_stops_every_rank_and_checkpoints_stay_loadable(tmp_path):
+    proc, out = start(tmp_path)
+    wait_for(lambda: (out / "checkpoints" / "latest").exists())  # one epoch done and saved
+    pids = rank_pids(proc.pid)
+    assert sorted(pids) == [0, 1, 2]
+    killed_at = time.monotonic()
+    os.kill(pids[1], signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=120)
+    elapsed = time.monotonic() - killed_at
+    assert proc.returncode == 1
+    assert "rank 1 (stage 1) was killed by SIGKILL" in stderr
+    assert "rank 0 (stage 0): error: sending to rank 1 (stage 1) failed" in stderr
+    assert elapsed < 90
+    for pid in pids.values():
+        assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+    path, meta = checkpoint.load_meta(out)
+    for i in range(3):
+        checkpoint.load_stage(path, i)
+    assert meta["position"]["epoch"] >= 1
+
+
+def test_a_rank_that_raises_stops_the_others(tmp_path):
+    proc, out = start(tmp_path, env={"DEGL_TEST_FAIL_AT": "2:40"})
+    _, stderr = proc.communicate(timeout=150)
+    assert proc.returncode == 1
+    assert "rank 2 (stage 2): internal error" in stderr and "injected failure at step 40" in stderr
+    assert "rank 2 (stage 2) exited with status 1" in stderr
+    assert "stopped because of it" in stderr
+
+
+def test_ctrl_c_stops_the_pipeline_with_a_checkpoint(tmp_path):
+    proc, out = start(tmp_path)
+    wait_for(lambda: (out / "config.yaml").exists() and len(rank_pids(proc.pid)) == 3)
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "checkpoint saved" in stderr
+    s = summary(out)
+    assert not s["completed"] and s["steps_completed"] > 0
+    path, meta = checkpoint.load_meta(out)
+    assert meta["global_step"] == s["steps_completed"]
+
+
+def test_pipeline_refuses_bad_setups_before_writing(tmp_path):
+    out = tmp_path / "run"
+    for args, message in [
+        (["--workers", "2", "--method", "sgl"], "runs --method dgl"),
+        (["--workers", "2", "--stages", "3"], "one stage per process"),
+        (["--workers", "2", "--dataset", "fashion-mnist", "--data-dir", str(tmp_path / "nope")], "--data-dir"),
+    ]:
+        done = run_degl("train", *TINY, *args, "--out", str(out))
+        assert done.returncode == 2, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("degl: error:") and message in lines[0], done.stderr
+        assert not out.exists()
+
+
+def torchrun(*args, env=None):
+    return [sys.executable, "-m", "torch.distributed.run", *args]
+
+
+def test_torchrun_single_node_equals_one_process(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert run_degl("train", *EXACT, "--stages", "2", "--out", str(one)).returncode == 0
+    done = subprocess.run(
+        torchrun(
+            "--nproc-per-node", "2", "--master-port", str(free_port()), "-m", "degl", "train", *EXACT, "--out", str(two)
+        ),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert_same_run(one, two)
+
+
+def test_torchrun_two_nodes_on_loopback(tmp_path):
+    out = tmp_path / "run"
+    port = free_port()
+    agents = [
+        subprocess.Popen(
+            torchrun(
+                "--nnodes",
+                "2",
+                "--nproc-per-node",
+                "1",
+                "--rdzv-backend",
+                "c10d",
+                "--rdzv-endpoint",
+                f"127.0.0.1:{port}",
+                "--rdzv-id",
+                "degl-test",
+                "-m",
+                "degl",
+                "train",
+                *TINY,
+                "--epochs",
+                "1",
+                "--out",
+                str(out),
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    results = [agent.communicate(timeout=300) for agent in agents]
+    for agent, (_, stderr) in zip(agents, results):
+        assert agent.returncode == 0, stderr
+    s = summary(out)
+    assert s["completed"] and s["workers"] == 2 and len(s["test_acc_per_stage"]) == 2
