@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -98,8 +99,8 @@ def rank_pids(parent_pid):
         if not entry.isdigit():
             continue
         try:
-            stat = open(f"/proc/{entry}/stat").read()
-            environ = open(f"/proc/{entry}/environ", "rb").read().split(b"\0")
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
         except OSError:
             continue
         if int(stat.rsplit(")", 1)[1].split()[1]) != parent_pid:
@@ -159,7 +160,8 @@ def test_a_killed_rank_stops_every_rank_and_checkpoints_stay_loadable(tmp_path):
     assert "rank 0 (stage 0): error: sending to rank 1 (stage 1) failed" in stderr
     assert elapsed < 90
     for pid in pids.values():
-        assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+        stat = Path(f"/proc/{pid}/stat")
+        assert not stat.exists() or stat.read_text().split()[2] == "Z"  # gone, or a zombie awaiting its parent
     path, meta = checkpoint.load_meta(out)
     for i in range(3):
         checkpoint.load_stage(path, i)
@@ -167,7 +169,7 @@ def test_a_killed_rank_stops_every_rank_and_checkpoints_stay_loadable(tmp_path):
 
 
 def test_a_rank_that_raises_stops_the_others(tmp_path):
-    proc, out = start(tmp_path, env={"DEGL_TEST_FAIL_AT": "2:40"})
+    proc, _ = start(tmp_path, env={"DEGL_TEST_FAIL_AT": "2:40"})
     _, stderr = proc.communicate(timeout=150)
     assert proc.returncode == 1
     assert "rank 2 (stage 2): internal error" in stderr and "injected failure at step 40" in stderr
@@ -185,7 +187,7 @@ def test_ctrl_c_stops_the_pipeline_with_a_checkpoint(tmp_path):
     assert "checkpoint saved" in stderr
     s = summary(out)
     assert not s["completed"] and s["steps_completed"] > 0
-    path, meta = checkpoint.load_meta(out)
+    _, meta = checkpoint.load_meta(out)
     assert meta["global_step"] == s["steps_completed"]
 
 
