@@ -38,7 +38,7 @@ def hygiene(tmp_path, monkeypatch):
     leaked = [t for t in threading.enumerate() if t.ident not in threads_alive and t.is_alive() and not t.daemon]
     assert not leaked, f"test left threads running: {leaked}"
     # torch itself sets a few variables lazily (inductor cache, cuBLAS workspace); anything else is a leak.
-    leaked_env = {k for k in leaked_env if not k.startswith(("TORCH", "CUBLAS_"))}
+    leaked_env = {k for k in leaked_env if not k.startswith(("TORCH", "_TORCH", "CUBLAS_"))}
     assert not leaked_env, f"test leaked env variables {leaked_env}"
 
 

@@ -20,7 +20,7 @@ from degl.errors import UserError
 METHODS = ("backprop", "dgl", "sgl")
 DATASETS = ("fashion-mnist", "cifar10", "imagenet", "synthetic")
 PRECISIONS = ("fp32", "bf16", "fp16")
-SCHEDULES = ("constant", "step", "cosine")
+SCHEDULES = ("constant", "step", "milestones", "cosine")
 OPTIMIZERS = ("sgd", "adam")
 SPLITS = ("auto", "flops", "memory", "blocks", "time")
 
@@ -75,11 +75,20 @@ class TrainConfig:
     weight_decay: float = field(default=5e-4, metadata=_opt("weight decay"))
     schedule: str = field(default="cosine", metadata=_opt("learning-rate schedule", choices=SCHEDULES))
     lr_decay_every: int = field(default=15, metadata=_opt("step schedule: epochs between decays"))
-    lr_decay_factor: float = field(default=0.2, metadata=_opt("step schedule: multiply the lr by this"))
+    lr_decay_factor: float = field(default=0.2, metadata=_opt("step/milestones schedule: multiply the lr by this"))
+    lr_milestones: str | None = field(
+        default=None, metadata=_opt("milestones schedule: epochs at which the lr decays, e.g. 150,225")
+    )
+    reset_at_decay: bool = field(
+        default=False,
+        metadata=_opt("clear each optimizer's state (momentum) when its lr decays, like re-creating it"),
+    )
     # execution
     seed: int = field(default=0, metadata=_opt("random seed (initialisation, shuffling, augmentation)"))
     device: str = field(default="auto", metadata=_opt("cpu, cuda, cuda:N or auto"))
     precision: str = field(default="fp32", metadata=_opt("arithmetic precision", choices=PRECISIONS))
+    channels_last: bool = field(default=False, metadata=_opt("channels-last memory format for stages and batches"))
+    compile: bool = field(default=False, metadata=_opt("torch.compile every stage (slow start, faster steps)"))
     deterministic: bool = field(default=False, metadata=_opt("deterministic algorithms (bit-exact resume on CPU)"))
     workers: int | None = field(
         default=None,
@@ -118,6 +127,7 @@ INVOCATION_KEYS = frozenset(
         "workers",
         "fault_timeout",
         "max_in_flight",
+        "compile",
     }
 )
 
@@ -150,7 +160,12 @@ def coerce(name: str, value: Any, *, source: str) -> Any:
         return float(value)
     if kind is int and isinstance(value, bool):
         raise UserError(f"{source}: {flag} must be an integer, got {value!r}")
-    if kind is str and isinstance(value, (int, float)) and not isinstance(value, bool) and name == "cuts":
+    if (
+        kind is str
+        and isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and name in ("cuts", "lr_milestones")
+    ):
         return str(value)
     if not isinstance(value, kind):
         raise UserError(f"{source}: {flag} must be of type {kind.__name__}, got {type(value).__name__} {value!r}")
@@ -207,6 +222,18 @@ def parse_cuts(text: str | None) -> list[int] | None:
         raise UserError(f"--cuts must be comma-separated block indices, got {text!r}") from None
 
 
+def parse_milestones(text: str | None) -> tuple[int, ...]:
+    if text is None:
+        return ()
+    try:
+        milestones = tuple(int(p) for p in str(text).replace(" ", "").split(",") if p)
+    except ValueError:
+        raise UserError(f"--lr-milestones must be comma-separated epochs, got {text!r}") from None
+    if any(m < 1 for m in milestones) or list(milestones) != sorted(set(milestones)):
+        raise UserError(f"--lr-milestones must be increasing positive epochs, got {text!r}")
+    return milestones
+
+
 def validate(cfg: TrainConfig) -> None:
     """Range and choice checks that do not need the model or the data."""
     for f in config_fields():
@@ -240,5 +267,10 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError("--weight-decay and --momentum must not be negative")
     parse_shape(cfg.input_shape)
     parse_cuts(cfg.cuts)
+    milestones = parse_milestones(cfg.lr_milestones)
+    if cfg.schedule == "milestones" and not milestones:
+        raise UserError("--schedule milestones needs --lr-milestones, e.g. --lr-milestones 150,225")
+    if cfg.reset_at_decay and cfg.schedule not in ("step", "milestones"):
+        raise UserError("--reset-at-decay needs a decaying schedule: --schedule step or milestones")
     if cfg.num_classes < 2:
         raise UserError(f"--num-classes must be at least 2, got {cfg.num_classes}")

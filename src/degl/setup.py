@@ -11,12 +11,13 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from degl.config import TrainConfig, parse_cuts, parse_shape
+from degl.config import TrainConfig, parse_cuts, parse_milestones, parse_shape
 from degl.core.methods import Method, build_method
 from degl.core.optim import OptimSettings
 from degl.core.split import build_stages
 from degl.core.stage import Stage
 from degl.data import BatchLoader, Dataset, load_dataset
+from degl.data.loader import ChannelsLast
 from degl.errors import UserError
 from degl.models import build_model
 
@@ -102,6 +103,8 @@ def optim_settings(cfg: TrainConfig, steps_per_epoch: int) -> OptimSettings:
         steps_per_epoch=steps_per_epoch,
         lr_decay_every=cfg.lr_decay_every,
         lr_decay_factor=cfg.lr_decay_factor,
+        lr_milestones=parse_milestones(cfg.lr_milestones),
+        reset_at_decay=cfg.reset_at_decay,
     )
 
 
@@ -121,14 +124,8 @@ def build_setup(cfg: TrainConfig) -> RunSetup:
     configure_torch(cfg)
     data = load_data(cfg)
     cfg = resolve_cuts(cfg, data)
-    stages = [stage.to(device) for stage in make_stages(cfg, data)]
-    train_loader, test_loader = data.loaders(
-        batch_size=cfg.batch_size,
-        eval_batch_size=cfg.eval_batch_size,
-        device=device,
-        augment=cfg.augment,
-        seed=cfg.seed,
-    )
+    stages = [prepare_stage(stage, cfg, device) for stage in make_stages(cfg, data)]
+    train_loader, test_loader = loaders(cfg, data, device)
     settings = optim_settings(cfg, len(train_loader))
     method = build_method(
         cfg.method,
@@ -137,5 +134,31 @@ def build_setup(cfg: TrainConfig) -> RunSetup:
         make_scheduler=settings.make_scheduler,
         precision=cfg.precision,
         device=device,
+        reset_at_decay=cfg.reset_at_decay,
     )
     return RunSetup(cfg, device, data, stages, method, train_loader, test_loader)
+
+
+def loaders(cfg: TrainConfig, data: Dataset, device: torch.device) -> tuple[BatchLoader, BatchLoader]:
+    train_loader, test_loader = data.loaders(
+        batch_size=cfg.batch_size,
+        eval_batch_size=cfg.eval_batch_size,
+        device=device,
+        augment=cfg.augment,
+        seed=cfg.seed,
+    )
+    if cfg.channels_last:
+        return ChannelsLast(train_loader), ChannelsLast(test_loader)
+    return train_loader, test_loader
+
+
+def prepare_stage(stage: Stage, cfg: TrainConfig, device: torch.device) -> Stage:
+    """Move a stage to its device and apply the speed options (memory format, torch.compile)."""
+    stage = stage.to(device)
+    if cfg.channels_last:
+        stage = stage.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        # In place: the state_dict keys stay those of the plain module, so checkpoints do not change.
+        stage.block.compile()
+        stage.head.compile()
+    return stage

@@ -66,8 +66,10 @@ class Method:
         make_scheduler: SchedulerFactory | None = None,
         precision: str = "fp32",
         device: torch.device | str = "cpu",
+        reset_at_decay: bool = False,
     ) -> None:
         self.stages = list(stages)
+        self.reset_at_decay = reset_at_decay
         self.device = torch.device(device)
         self.precision = Precision(precision, self.device)
         self._make_optimizer = make_optimizer
@@ -94,6 +96,16 @@ class Method:
 
     def current_lrs(self) -> list[float]:
         raise NotImplementedError
+
+    def _advance_schedule(self, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
+        """Step the lr schedule; with ``reset_at_decay`` a decay also clears the optimizer's state,
+        which is what re-creating the optimizer does in the paper's ImageNet, DDG and buffer scripts."""
+        if scheduler is None:
+            return
+        before = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        if self.reset_at_decay and optimizer.param_groups[0]["lr"] < before:
+            optimizer.state.clear()
 
     def state_dict(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -132,8 +144,7 @@ class LocalLearning(Method):
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
-        if self.schedulers[index] is not None:
-            self.schedulers[index].step()
+        self._advance_schedule(optimizer, self.schedulers[index])
         return features.detach(), _result(index, logits, y, loss)
 
     def current_lrs(self) -> list[float]:
@@ -237,8 +248,7 @@ class Backprop(Method):
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
-        if self.scheduler is not None:
-            self.scheduler.step()
+        self._advance_schedule(self.optimizer, self.scheduler)
         return [_result(len(self.stages) - 1, logits, y, loss)]
 
     def current_lrs(self) -> list[float]:

@@ -28,6 +28,8 @@ class OptimSettings:
     steps_per_epoch: int = 1
     lr_decay_every: int = 15
     lr_decay_factor: float = 0.2
+    lr_milestones: tuple[int, ...] = ()
+    reset_at_decay: bool = False
 
     def make_optimizer(self, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
         if self.optimizer == "sgd":
@@ -48,10 +50,13 @@ class OptimSettings:
             return 1.0
         if self.schedule == "step":
             return self.lr_decay_factor ** (step // (self.steps_per_epoch * self.lr_decay_every))
+        if self.schedule == "milestones":
+            epoch = step // self.steps_per_epoch
+            return self.lr_decay_factor ** sum(epoch >= m for m in self.lr_milestones)
         if self.schedule == "cosine":
             total = max(1, self.epochs * self.steps_per_epoch)
             return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
-        raise UserError(f"unknown schedule {self.schedule!r}; choose constant, step or cosine")
+        raise UserError(f"unknown schedule {self.schedule!r}; choose constant, step, milestones or cosine")
 
     def make_scheduler(self, optimizer: torch.optim.Optimizer) -> LambdaLR:
         # A plain function (not a bound method) so LambdaLR does not try to pickle it into state_dict.

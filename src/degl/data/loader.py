@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import torch
 
-from degl.data.base import ImageData
+from degl.data.base import BatchLoader, ImageData
 
 _MASK = (1 << 63) - 1
 
@@ -106,6 +106,27 @@ class DeviceLoader:
                 if self.flip:
                     images = random_flip(images, generator)
             yield (images - self.mean) / self.std, self.labels[index]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.epoch(0)
+
+
+class ChannelsLast:
+    """Wraps a loader so that its 4-d batches come in the channels-last memory format."""
+
+    def __init__(self, loader: BatchLoader) -> None:
+        self.loader = loader
+        self.batch_size = loader.batch_size
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def batch_sizes(self) -> list[int]:
+        return self.loader.batch_sizes()
+
+    def epoch(self, epoch: int = 0, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for x, y in self.loader.epoch(epoch, start_step):
+            yield (x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x), y
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.epoch(0)

@@ -32,7 +32,7 @@ from degl.core.methods import DGL
 from degl.runstate import EpochStats, Position, RunState, stage_checkpoint
 from degl.runtime.dist import DistEnv
 from degl.runtime.transport import Inbox, Outbox, TensorSpec
-from degl.setup import make_stages, optim_settings
+from degl.setup import loaders, make_stages, optim_settings, prepare_stage
 from degl.train import StopRequest, epoch_bar, step_bar
 
 DATA, STOP = 0, 1
@@ -86,7 +86,7 @@ class PipelineRank:
         self.rank, self.world = env.rank, env.world_size
         stages = make_stages(cfg, SimpleNamespace(input_shape=info.input_shape, num_classes=info.num_classes))
         assert len(stages) == self.world
-        self.stage = stages[self.rank].to(device)
+        self.stage = prepare_stage(stages[self.rank], cfg, device)
         self.out_shape = self.stage.out_shape
         del stages
         settings = optim_settings(cfg, info.num_train_batches)
@@ -96,6 +96,7 @@ class PipelineRank:
             make_scheduler=settings.make_scheduler,
             precision=cfg.precision,
             device=device,
+            reset_at_decay=cfg.reset_at_decay,
         )
         self.wire = WIRE_DTYPES[cfg.precision]
         self.inbox = Inbox(self.rank - 1, device) if self.rank > 0 else None
@@ -110,13 +111,7 @@ class PipelineRank:
         rank_step = os.environ.get("DEGL_TEST_FAIL_AT", "").split(":")
         self.fail_at = int(rank_step[1]) if len(rank_step) == 2 and int(rank_step[0]) == self.rank else None
         if env.is_first:
-            self.train_loader, self.test_loader = data.loaders(
-                batch_size=cfg.batch_size,
-                eval_batch_size=cfg.eval_batch_size,
-                device=device,
-                augment=cfg.augment,
-                seed=cfg.seed,
-            )
+            self.train_loader, self.test_loader = loaders(cfg, data, device)
             stage_info = [None] * self.world
             dist.gather_object(RunState.describe_stages([self.stage])[0], stage_info, dst=0)
             self.state = RunState(cfg, self.run_dir, stage_info, str(device), extra={"workers": self.world})
