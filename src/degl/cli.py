@@ -323,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("degl: aborted", file=sys.stderr)
         return 130
     except Exception as exc:
-        from degl.train import Interrupted
+        from degl.control import Interrupted
 
         if isinstance(exc, Interrupted):
             print(f"degl: {exc}", file=sys.stderr)

@@ -17,7 +17,9 @@ import yaml
 
 from degl.errors import UserError
 
-METHODS = ("backprop", "dgl", "sgl")
+METHODS = ("backprop", "dgl", "sgl", "async-dgl")
+ASYNC_ORDERS = ("random", "round-robin")
+BUFFER_POLICIES = ("priority_lifo", "fifo", "uniform")
 DATASETS = ("fashion-mnist", "cifar10", "imagenet", "synthetic")
 PRECISIONS = ("fp32", "bf16", "fp16")
 SCHEDULES = ("constant", "step", "milestones", "cosine")
@@ -50,6 +52,37 @@ class TrainConfig:
     )
     cuts: str | None = field(
         default=None, metadata=_opt("explicit cut points: block indices where stages 2..K start, e.g. 1,3,5")
+    )
+    # asynchronous DGL (replay buffers between stages)
+    buffer: int = field(
+        default=0, metadata=_opt("async-dgl: replay buffer capacity M in batches between stages (0: synchronous)")
+    )
+    async_order: str = field(
+        default="random",
+        metadata=_opt("async-dgl simulation: which stage acts next (random: weight 1/slowdown)", choices=ASYNC_ORDERS),
+    )
+    slowdown: str | None = field(
+        default=None,
+        metadata=_opt(
+            "STAGE:FACTOR[,STAGE:FACTOR...]: make stages slower (simulation: picked with weight 1/FACTOR; "
+            "with --workers: the rank really computes FACTOR times longer)"
+        ),
+    )
+    max_reuse: int | None = field(default=None, metadata=_opt("async-dgl: times a buffered batch may be used"))
+    buffer_policy: str = field(
+        default="priority_lifo", metadata=_opt("async-dgl: replay sampling policy", choices=BUFFER_POLICIES)
+    )
+    buffer_compat: str = field(
+        default="correct",
+        metadata=_opt(
+            "async-dgl: 'paper' reproduces the official buffer's quirks (oldest wins ties when full, use "
+            "counts start at 1) and its warm-up order",
+            choices=("correct", "paper"),
+        ),
+    )
+    buffer_storage: str = field(
+        default="device",
+        metadata=_opt("async-dgl: keep buffers on the device or in pinned host memory", choices=("device", "pinned")),
     )
     # data
     dataset: str = field(default="fashion-mnist", metadata=_opt("data set", choices=DATASETS))
@@ -222,6 +255,24 @@ def parse_cuts(text: str | None) -> list[int] | None:
         raise UserError(f"--cuts must be comma-separated block indices, got {text!r}") from None
 
 
+def parse_slowdowns(text: str | None, num_stages: int | None = None) -> dict[int, float]:
+    """``"1:1.5,2:2"`` -> ``{1: 1.5, 2: 2.0}``; factors must be >= 1 and stages exist."""
+    if text is None or str(text).strip() == "":
+        return {}
+    slowdowns: dict[int, float] = {}
+    for part in str(text).replace(" ", "").split(","):
+        try:
+            stage_text, factor_text = part.split(":")
+            stage, factor = int(stage_text), float(factor_text)
+        except ValueError:
+            raise UserError(f"--slowdown must be STAGE:FACTOR[,STAGE:FACTOR...], got {text!r}") from None
+        if factor < 1 or stage < 0 or (num_stages is not None and stage >= num_stages):
+            bound = f"0..{num_stages - 1}" if num_stages is not None else ">= 0"
+            raise UserError(f"--slowdown {part}: the stage must be in {bound} and the factor >= 1")
+        slowdowns[stage] = factor
+    return slowdowns
+
+
 def parse_milestones(text: str | None) -> tuple[int, ...]:
     if text is None:
         return ()
@@ -255,6 +306,13 @@ def validate(cfg: TrainConfig) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
     if not 0 < cfg.lr_decay_factor <= 1:
         raise UserError(f"--lr-decay-factor must be in (0, 1], got {cfg.lr_decay_factor}")
+    if cfg.buffer < 0:
+        raise UserError(f"--buffer must be 0 or more, got {cfg.buffer}")
+    if cfg.max_reuse is not None and cfg.max_reuse < 1:
+        raise UserError(f"--max-reuse must be a positive integer, got {cfg.max_reuse}")
+    parse_slowdowns(cfg.slowdown)
+    if cfg.buffer_compat == "paper" and cfg.buffer_policy != "priority_lifo":
+        raise UserError("--buffer-compat paper only exists for --buffer-policy priority_lifo")
     if cfg.workers is not None and cfg.workers < 1:
         raise UserError(f"--workers must be a positive integer, got {cfg.workers}")
     if not cfg.fault_timeout > 0:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from degl.config import TrainConfig, parse_cuts, parse_milestones, parse_shape
+from degl.config import TrainConfig, parse_cuts, parse_milestones, parse_shape, parse_slowdowns
 from degl.core.methods import Method, build_method
 from degl.core.optim import OptimSettings
 from degl.core.split import build_stages
@@ -78,6 +78,12 @@ def make_stages(cfg: TrainConfig, data: Dataset) -> list[Stage]:
     return build_stages(backbone, num_stages_for(cfg), aux=cfg.aux, cuts=parse_cuts(cfg.cuts), split=cfg.split)
 
 
+def check_async_options(cfg: TrainConfig, num_stages: int, *, processes: int = 1) -> None:
+    parse_slowdowns(cfg.slowdown, num_stages)
+    if cfg.slowdown and cfg.method != "async-dgl" and processes == 1:
+        raise UserError("--slowdown applies to --method async-dgl, or to runs with --workers")
+
+
 def resolve_cuts(cfg: TrainConfig, data: Dataset) -> TrainConfig:
     """Record a measured (``--split time``) cut as explicit ``--cuts``.
 
@@ -125,6 +131,7 @@ def build_setup(cfg: TrainConfig) -> RunSetup:
     data = load_data(cfg)
     cfg = resolve_cuts(cfg, data)
     stages = [prepare_stage(stage, cfg, device) for stage in make_stages(cfg, data)]
+    check_async_options(cfg, len(stages))
     train_loader, test_loader = loaders(cfg, data, device)
     settings = optim_settings(cfg, len(train_loader))
     method = build_method(

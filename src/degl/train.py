@@ -6,9 +6,7 @@ directory through :class:`degl.runstate.RunState`.
 
 from __future__ import annotations
 
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -18,69 +16,12 @@ from tqdm.auto import tqdm
 
 from degl import checkpoint
 from degl.config import TrainConfig
+from degl.control import Interrupted, StopRequest, epoch_bar, step_bar
 from degl.core.evaluate import evaluate
 from degl.errors import UserError
 from degl.rundir import check_new_run_dir, default_run_dir, write_config
 from degl.runstate import EpochStats, Position, RunState, stage_checkpoint
 from degl.setup import RunSetup, build_setup
-
-
-class StopRequest:
-    """First Ctrl-C (SIGINT) or SIGTERM asks the loop to checkpoint and stop; a second Ctrl-C aborts."""
-
-    def __init__(self, message: str = "stopping after this step and writing a checkpoint") -> None:
-        self.requested = False
-        self.message = message
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> StopRequest:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: object) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
-        tqdm.write(f"degl: {self.message} (Ctrl-C again to abort)", file=sys.stderr)
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-class Interrupted(Exception):
-    """Raised after the checkpoint is written when training was stopped by a signal."""
-
-    def __init__(self, run_dir: Path) -> None:
-        super().__init__(f"interrupted; checkpoint saved, continue with: degl train --resume {run_dir}")
-        self.run_dir = run_dir
-
-
-def epoch_bar(cfg: TrainConfig, total: int, initial: int) -> tqdm:
-    return tqdm(
-        total=total,
-        initial=initial,
-        desc=f"{cfg.method} epochs",
-        unit="ep",
-        disable=not cfg.progress,
-        file=sys.stderr,
-        dynamic_ncols=True,
-    )
-
-
-def step_bar(cfg: TrainConfig, total: int, initial: int, number: int) -> tqdm:
-    return tqdm(
-        total=total,
-        initial=initial,
-        leave=False,
-        unit="step",
-        desc=f"epoch {number}",
-        disable=not cfg.progress,
-        file=sys.stderr,
-        dynamic_ncols=True,
-    )
 
 
 class Trainer:
@@ -204,6 +145,15 @@ class Trainer:
         return " ".join(f"s{s}:{loss:.2f}/{acc:.0f}%" for s, loss, acc in zip(self.stats.stages, losses, accs))
 
 
+def make_trainer(setup: RunSetup, run_dir: Path) -> Trainer:
+    """The single-process trainer for the method: the batch loop, or the async-dgl simulation."""
+    if setup.cfg.method == "async-dgl":
+        from degl.runtime.async_sim import AsyncSimTrainer
+
+        return AsyncSimTrainer(setup, run_dir)  # type: ignore[return-value]
+    return Trainer(setup, run_dir)
+
+
 def prepare_new_run(cfg: TrainConfig) -> tuple[TrainConfig, Path]:
     """Choose and check the run directory; nothing is created yet."""
     run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg.method, cfg.model)
@@ -223,7 +173,7 @@ def train(cfg: TrainConfig) -> tuple[dict[str, Any], Path]:
     cfg, run_dir = prepare_new_run(cfg)
     setup = build_setup(cfg)  # every user error surfaces here, before the run directory exists
     create_run_dir(setup.cfg, run_dir)
-    return Trainer(setup, run_dir).fit(), run_dir
+    return make_trainer(setup, run_dir).fit(), run_dir
 
 
 def resume_config(run_dir: Path, overrides: dict[str, Any]) -> tuple[Path, dict[str, Any], TrainConfig]:
@@ -250,7 +200,7 @@ def resume_config(run_dir: Path, overrides: dict[str, Any]) -> tuple[Path, dict[
 def resume_from(run_dir: Path, path: Path, meta: dict[str, Any], cfg: TrainConfig) -> tuple[dict[str, Any], Path]:
     """Continue the run in ``run_dir`` in this process from checkpoint ``path``."""
     setup = build_setup(cfg)
-    trainer = Trainer(setup, Path(run_dir))
+    trainer = make_trainer(setup, Path(run_dir))
     trainer.restore(path, meta)
     if trainer.state.position.phase >= setup.method.num_phases:
         tqdm.write(f"degl: {run_dir} is already complete ({trainer.state.global_step} steps)", file=sys.stderr)

@@ -278,6 +278,8 @@ METHOD_CLASSES: dict[str, type[Method]] = {cls.name: cls for cls in (Backprop, D
 
 def build_method(name: str, stages: Sequence[Stage], **kwargs: Any) -> Method:
     """Instantiate the training method ``name`` (``backprop``, ``dgl`` or ``sgl``) over ``stages``."""
+    if name == "async-dgl":  # the same per-stage updates; the runtime decides when each stage acts
+        return DGL(stages, **kwargs)
     if name not in METHOD_CLASSES:
         raise UserError(f"unknown method {name!r}; choose one of: {', '.join(METHOD_CLASSES)}")
     return METHOD_CLASSES[name](stages, **kwargs)

@@ -27,13 +27,13 @@ import torch.distributed as dist
 
 from degl import checkpoint
 from degl.config import TrainConfig
+from degl.control import StopRequest, epoch_bar, step_bar
 from degl.core.evaluate import EvalAccumulator, EvalResult
 from degl.core.methods import DGL
 from degl.runstate import EpochStats, Position, RunState, stage_checkpoint
 from degl.runtime.dist import DistEnv
 from degl.runtime.transport import Inbox, Outbox, TensorSpec
 from degl.setup import loaders, make_stages, optim_settings, prepare_stage
-from degl.train import StopRequest, epoch_bar, step_bar
 
 DATA, STOP = 0, 1
 WIRE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -1,0 +1,95 @@
+"""Asynchronous DGL simulated in one process (paper protocol)."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import SYNTH
+from degl import checkpoint
+from degl.cli import main
+from degl.runtime.async_sim import AsyncScheduler
+
+EXACT = [*SYNTH, "--epochs", "2", "--stages", "3", "--deterministic"]
+
+
+def read(run, name):
+    return (run / name).read_text()
+
+
+def test_buffer_one_round_robin_equals_synchronous_dgl(tmp_path, capsys):
+    sync, async_ = tmp_path / "sync", tmp_path / "async"
+    assert main(["train", *EXACT, "--out", str(sync)]) == 0
+    assert main(["train", *EXACT, "--method", "async-dgl", "--buffer", "1", "--async-order", "round-robin",
+                 "--out", str(async_)]) == 0
+    assert read(sync, "metrics.jsonl") == read(async_, "metrics.jsonl")
+    pa, ma = checkpoint.load_meta(sync)
+    pb, mb = checkpoint.load_meta(async_)
+    for k in range(3):
+        a, b = checkpoint.load_stage(pa, k)["model"], checkpoint.load_stage(pb, k)["model"]
+        assert all(torch.equal(a[key], b[key]) for key in a)
+    summary = json.loads(read(async_, "summary.json"))
+    assert summary["reuse_per_stage"] == [1.0, 1.0, 1.0] and summary["staleness_per_stage"] == [0.0, 0.0, 0.0]
+
+
+def test_buffer_zero_is_synchronous_whatever_the_order(tmp_path):
+    sync, zero = tmp_path / "sync", tmp_path / "zero"
+    assert main(["train", *EXACT, "--out", str(sync)]) == 0
+    assert main(["train", *EXACT, "--method", "async-dgl", "--buffer", "0", "--async-order", "random",
+                 "--out", str(zero)]) == 0
+    assert read(sync, "metrics.jsonl") == read(zero, "metrics.jsonl")
+
+
+def test_slowdown_reduces_a_stages_share_of_updates():
+    scheduler = AsyncScheduler(3, order="random", slowdowns={1: 2.0}, paper=False, seed=0)
+    picks = [scheduler.next() for _ in range(6003)][3:]
+    share = [picks.count(k) / len(picks) for k in range(3)]
+    assert share[1] == pytest.approx(0.2, abs=0.02) and share[0] == pytest.approx(0.4, abs=0.02)
+
+
+def test_paper_warmup_order_and_round_robin():
+    paper = AsyncScheduler(3, order="round-robin", slowdowns={}, paper=True, seed=0)
+    assert [paper.next() for _ in range(9)] == [0, 0, 1, 1, 2, 2, 0, 1, 2]
+    correct = AsyncScheduler(3, order="round-robin", slowdowns={}, paper=False, seed=0)
+    assert [correct.next() for _ in range(6)] == [0, 1, 2, 0, 1, 2]
+
+
+def test_slow_stage_trains_longer_and_fast_stages_freeze(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *SYNTH, "--epochs", "2", "--stages", "3", "--method", "async-dgl", "--buffer", "4",
+                 "--slowdown", "1:3", "--max-reuse", "2", "--out", str(out)]) == 0
+    summary = json.loads(read(out, "summary.json"))
+    per_epoch = 256 // 32
+    # Every stage did exactly its budget of updates; the fast ones then kept producing, frozen.
+    assert summary["steps_per_stage"] == [2 * per_epoch] * 3 and summary["completed"]
+    assert summary["buffer_bytes"] > 0
+    assert all(r >= 1.0 for r in summary["reuse_per_stage"])
+    assert max(summary["reuse_per_stage"]) <= 2.0
+    test_lines = [json.loads(x) for x in read(out, "metrics.jsonl").splitlines() if '"test"' in x]
+    assert {(r["epoch"], r["stage"]) for r in test_lines} == {(e, s) for e in (1, 2) for s in range(3)}
+
+
+def test_async_sim_resumes_exactly(tmp_path, capsys):
+    args = [*SYNTH, "--epochs", "2", "--stages", "3", "--method", "async-dgl", "--buffer", "3", "--slowdown",
+            "2:1.5", "--deterministic"]
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert main(["train", *args, "--out", str(whole)]) == 0
+    assert main(["train", *args, "--max-steps", "17", "--out", str(parts)]) == 0
+    assert main(["train", "--resume", str(parts)]) == 0
+    assert read(whole, "metrics.jsonl") == read(parts, "metrics.jsonl")
+    a, b = (json.loads(read(r, "summary.json")) for r in (whole, parts))
+    for key in ("steps_per_stage", "reuse_per_stage", "staleness_per_stage", "test_acc_per_stage"):
+        assert a[key] == b[key]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--slowdown", "7:2"], "the stage must be in 0..2"),
+    (["--slowdown", "1:0.5"], "factor >= 1"),
+    (["--slowdown", "fast"], "STAGE:FACTOR"),
+    (["--buffer", "-1"], "--buffer must be 0 or more"),
+    (["--max-reuse", "0"], "--max-reuse must be a positive integer"),
+])
+def test_bad_async_options(tmp_path, capsys, args, message):
+    code = main(["train", *SYNTH, "--stages", "3", "--method", "async-dgl", *args, "--out", str(tmp_path / "r")])
+    assert code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
