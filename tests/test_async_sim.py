@@ -20,8 +20,23 @@ def read(run, name):
 def test_buffer_one_round_robin_equals_synchronous_dgl(tmp_path, capsys):
     sync, async_ = tmp_path / "sync", tmp_path / "async"
     assert main(["train", *EXACT, "--out", str(sync)]) == 0
-    assert main(["train", *EXACT, "--method", "async-dgl", "--buffer", "1", "--async-order", "round-robin",
-                 "--out", str(async_)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                *EXACT,
+                "--method",
+                "async-dgl",
+                "--buffer",
+                "1",
+                "--async-order",
+                "round-robin",
+                "--out",
+                str(async_),
+            ]
+        )
+        == 0
+    )
     assert read(sync, "metrics.jsonl") == read(async_, "metrics.jsonl")
     pa, ma = checkpoint.load_meta(sync)
     pb, mb = checkpoint.load_meta(async_)
@@ -35,8 +50,10 @@ def test_buffer_one_round_robin_equals_synchronous_dgl(tmp_path, capsys):
 def test_buffer_zero_is_synchronous_whatever_the_order(tmp_path):
     sync, zero = tmp_path / "sync", tmp_path / "zero"
     assert main(["train", *EXACT, "--out", str(sync)]) == 0
-    assert main(["train", *EXACT, "--method", "async-dgl", "--buffer", "0", "--async-order", "random",
-                 "--out", str(zero)]) == 0
+    assert (
+        main(["train", *EXACT, "--method", "async-dgl", "--buffer", "0", "--async-order", "random", "--out", str(zero)])
+        == 0
+    )
     assert read(sync, "metrics.jsonl") == read(zero, "metrics.jsonl")
 
 
@@ -56,8 +73,29 @@ def test_paper_warmup_order_and_round_robin():
 
 def test_slow_stage_trains_longer_and_fast_stages_freeze(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", *SYNTH, "--epochs", "2", "--stages", "3", "--method", "async-dgl", "--buffer", "4",
-                 "--slowdown", "1:3", "--max-reuse", "2", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                *SYNTH,
+                "--epochs",
+                "2",
+                "--stages",
+                "3",
+                "--method",
+                "async-dgl",
+                "--buffer",
+                "4",
+                "--slowdown",
+                "1:3",
+                "--max-reuse",
+                "2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     summary = json.loads(read(out, "summary.json"))
     per_epoch = 256 // 32
     # Every stage did exactly its budget of updates; the fast ones then kept producing, frozen.
@@ -70,8 +108,20 @@ def test_slow_stage_trains_longer_and_fast_stages_freeze(tmp_path, capsys):
 
 
 def test_async_sim_resumes_exactly(tmp_path, capsys):
-    args = [*SYNTH, "--epochs", "2", "--stages", "3", "--method", "async-dgl", "--buffer", "3", "--slowdown",
-            "2:1.5", "--deterministic"]
+    args = [
+        *SYNTH,
+        "--epochs",
+        "2",
+        "--stages",
+        "3",
+        "--method",
+        "async-dgl",
+        "--buffer",
+        "3",
+        "--slowdown",
+        "2:1.5",
+        "--deterministic",
+    ]
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     assert main(["train", *args, "--out", str(whole)]) == 0
     assert main(["train", *args, "--max-steps", "17", "--out", str(parts)]) == 0
@@ -82,13 +132,16 @@ def test_async_sim_resumes_exactly(tmp_path, capsys):
         assert a[key] == b[key]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--slowdown", "7:2"], "the stage must be in 0..2"),
-    (["--slowdown", "1:0.5"], "factor >= 1"),
-    (["--slowdown", "fast"], "STAGE:FACTOR"),
-    (["--buffer", "-1"], "--buffer must be 0 or more"),
-    (["--max-reuse", "0"], "--max-reuse must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--slowdown", "7:2"], "the stage must be in 0..2"),
+        (["--slowdown", "1:0.5"], "factor >= 1"),
+        (["--slowdown", "fast"], "STAGE:FACTOR"),
+        (["--buffer", "-1"], "--buffer must be 0 or more"),
+        (["--max-reuse", "0"], "--max-reuse must be a positive integer"),
+    ],
+)
 def test_bad_async_options(tmp_path, capsys, args, message):
     code = main(["train", *SYNTH, "--stages", "3", "--method", "async-dgl", *args, "--out", str(tmp_path / "r")])
     assert code == 2 and message in capsys.readouterr().err

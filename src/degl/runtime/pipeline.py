@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 from degl import checkpoint
-from degl.config import TrainConfig
+from degl.config import TrainConfig, parse_slowdowns
 from degl.control import StopRequest, epoch_bar, step_bar
 from degl.core.evaluate import EvalAccumulator, EvalResult
 from degl.core.methods import DGL
@@ -99,6 +99,7 @@ class PipelineRank:
             reset_at_decay=cfg.reset_at_decay,
         )
         self.wire = WIRE_DTYPES[cfg.precision]
+        self.slowdown = parse_slowdowns(cfg.slowdown, self.world).get(self.rank, 1.0)
         self.inbox = Inbox(self.rank - 1, device) if self.rank > 0 else None
         self.outbox = Outbox(self.rank + 1, cfg.max_in_flight) if not env.is_last else None
         self.stats = EpochStats()
@@ -164,7 +165,11 @@ class PipelineRank:
         out, result = self.method.local_step(0, x, y)
         result.stage = self.rank
         self._sync()
-        self.timing.compute += time.perf_counter() - tick
+        spent = time.perf_counter() - tick
+        if self.slowdown > 1:  # emulate a slower device: this rank's step takes FACTOR times as long
+            time.sleep((self.slowdown - 1) * spent)
+            spent *= self.slowdown
+        self.timing.compute += spent
         self.stats.add([result])
         return out
 
@@ -223,9 +228,11 @@ class PipelineRank:
         self.stage.eval()
         acc = EvalAccumulator([self.rank])
         weight = 2.0**self.rank
+        sizes = self.info.eval_sizes
         if self.inbox is None:
             batches = iter(self.test_loader)
-        sizes = self.info.eval_sizes
+        elif not self.inbox.pending:
+            self.inbox.post(self.eval_spec(sizes[0]))
         for i in range(len(sizes)):
             if self.inbox is None:
                 x, y = next(batches)

@@ -8,6 +8,8 @@ on message t and the transfer overlaps with compute.
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -72,28 +74,89 @@ class Outbox:
 
 
 class Inbox:
-    """Receives from rank ``src`` into freshly allocated tensors; one message posted ahead at most."""
+    """Receives from rank ``src`` into freshly allocated tensors, in order; receives are posted ahead."""
 
     def __init__(self, src: int, device: torch.device) -> None:
         self.src = src
         self.device = device
-        self._posted: tuple[list[dist.Work], list[torch.Tensor]] | None = None
+        self._posted: deque[tuple[list[dist.Work], list[torch.Tensor]]] = deque()
         self.wait_s = 0.0
 
+    @property
+    def pending(self) -> int:
+        """Messages posted and not yet taken with :meth:`wait`."""
+        return len(self._posted)
+
     def post(self, specs: Sequence[TensorSpec]) -> None:
-        assert self._posted is None, "one message may be posted ahead at most"
         tensors = [torch.empty(shape, dtype=dtype, device=self.device) for shape, dtype in specs]
         try:
             works = [dist.irecv(t, self.src) for t in tensors]
         except (RuntimeError, dist.DistError) as exc:
             raise PeerError(self.src, "receiving from", exc) from None
-        self._posted = (works, tensors)
+        self._posted.append((works, tensors))
+
+    def ready(self) -> bool:
+        """Whether the oldest posted message has arrived (never blocks)."""
+        return bool(self._posted) and all(work.is_completed() for work in self._posted[0][0])
 
     def wait(self) -> list[torch.Tensor]:
-        assert self._posted is not None, "wait() without post()"
-        works, tensors = self._posted
-        self._posted = None
+        """The oldest posted message, waiting for it if needed."""
+        assert self._posted, "wait() without post()"
+        works, tensors = self._posted.popleft()
         tick = time.perf_counter()
         _wait_all(works, self.src, "receiving from")
         self.wait_s += time.perf_counter() - tick
         return tensors
+
+
+class BackgroundInbox:
+    """Receives from rank ``src`` on a background thread and queues complete messages.
+
+    For consumers that must never block on their producer (asynchronous DGL): :meth:`take` returns
+    what has arrived without waiting. A thread is needed because a gloo receive's
+    ``is_completed()`` only turns true inside ``wait()``, although the bytes arrive in the
+    background. The thread stops after the message for which ``last(message)`` is true.
+    """
+
+    def __init__(
+        self, src: int, device: torch.device, specs: Sequence[TensorSpec], last, *, capacity: int, timeout_s: float
+    ) -> None:
+        self.src = src
+        self.timeout_s = timeout_s
+        self._queue: queue.Queue = queue.Queue(maxsize=capacity)
+        self._error: BaseException | None = None
+        self.wait_s = 0.0
+
+        def receive() -> None:
+            try:
+                while True:
+                    tensors = [torch.empty(shape, dtype=dtype, device=device) for shape, dtype in specs]
+                    _wait_all([dist.irecv(t, src) for t in tensors], src, "receiving from")
+                    self._queue.put(tensors)
+                    if last(tensors):
+                        return
+            except BaseException as exc:
+                self._error = exc
+                self._queue.put(None)
+
+        self._thread = threading.Thread(target=receive, name=f"degl-recv-from-{src}", daemon=True)
+        self._thread.start()
+
+    def take(self, *, block: bool) -> list[torch.Tensor] | None:
+        """The next message, or None when ``block`` is false and nothing has arrived."""
+        tick = time.perf_counter()
+        try:
+            message = self._queue.get(block=block, timeout=self.timeout_s if block else None)
+        except queue.Empty:
+            if not block:
+                return None
+            raise PeerError(self.src, "receiving from", TimeoutError(f"nothing for {self.timeout_s:.0f}s")) from None
+        finally:
+            self.wait_s += time.perf_counter() - tick
+        if message is None:
+            assert self._error is not None
+            raise self._error
+        return message
+
+    def join(self) -> None:
+        self._thread.join()

@@ -26,9 +26,10 @@ PEER_FAILED = 3  # exit status of a rank that stopped because a neighbour failed
 
 
 def check_pipeline_config(cfg: TrainConfig, world_size: int) -> None:
-    if cfg.method != "dgl":
+    if cfg.method not in ("dgl", "async-dgl"):
         raise UserError(
-            f"the multi-process pipeline runs --method dgl, not {cfg.method}; drop --workers to train it in one process"
+            f"the multi-process pipeline runs --method dgl or async-dgl, not {cfg.method}; "
+            "drop --workers to train it in one process"
         )
     if cfg.stages != world_size:
         raise UserError(f"{world_size} processes but --stages {cfg.stages}: the pipeline runs one stage per process")
@@ -38,7 +39,12 @@ def prepare_first_rank(cfg: TrainConfig, env: DistEnv, resume_dir: Path | None) 
     """Rank 0 alone reads the data and owns the run directory; everything a user can get wrong fails here."""
     check_pipeline_config(cfg, env.world_size)
     if resume_dir is not None:
-        checkpoint.load_meta(resume_dir)
+        _, meta = checkpoint.load_meta(resume_dir)
+        if cfg.method == "async-dgl" and meta["position"]["phase"] < 1:
+            raise UserError(
+                f"{resume_dir} is a stopped multi-process async-dgl run; its buffers and in-flight messages are "
+                "not checkpointed, so it cannot be resumed: start a new run (or evaluate it with degl eval)"
+            )
         run_dir = resume_dir
     else:
         run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg.method, cfg.model)
@@ -101,7 +107,10 @@ def run_rank(cfg: TrainConfig, env: DistEnv, *, resume_dir: Path | None, print_s
                 )
             dist.destroy_process_group()
             return 2
-        rank = PipelineRank(replace(cfg, cuts=info.cuts), env, device, info, data)
+        rank_class = PipelineRank
+        if cfg.method == "async-dgl":
+            from degl.runtime.async_pipeline import AsyncPipelineRank as rank_class
+        rank = rank_class(replace(cfg, cuts=info.cuts), env, device, info, data)
         if resume_dir is not None:
             problem = None
             try:

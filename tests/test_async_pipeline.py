@@ -1,0 +1,72 @@
+"""Real asynchronous DGL across processes (gloo on CPU)."""
+
+import json
+
+import pytest
+
+from conftest import run_degl
+
+pytestmark = pytest.mark.distributed
+
+TINY = [
+    "--dataset",
+    "synthetic",
+    "--input-shape",
+    "1,12,12",
+    "--synthetic-size",
+    "256",
+    "--num-classes",
+    "4",
+    "--model",
+    "cnn4",
+    "--width",
+    "0.125",
+    "--batch-size",
+    "32",
+    "--no-progress",
+    "--method",
+    "async-dgl",
+    "--workers",
+    "3",
+    "--threads",
+    "1",
+]
+PER_EPOCH = 256 // 32
+
+
+def summary(run):
+    return json.loads((run / "summary.json").read_text())
+
+
+def test_async_pipeline_with_a_slowed_rank_completes_and_reports(tmp_path):
+    out = tmp_path / "run"
+    done = run_degl(
+        "train", *TINY, "--epochs", "2", "--buffer", "4", "--max-reuse", "2", "--slowdown", "1:1.5", "--out", str(out)
+    )
+    assert done.returncode == 0, done.stderr
+    s = summary(out)
+    assert s["completed"] and s["workers"] == 3 and s["epochs_completed"] == 2
+    assert s["steps_per_stage"][0] == 2 * PER_EPOCH  # rank 0 used every batch once
+    assert all(1.0 <= r <= 2.0 for r in s["reuse_per_stage"])
+    assert len(s["steps_per_s_per_stage"]) == 3 and len(s["staleness_per_stage"]) == 3
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {line["stage"] for line in lines if line["split"] == "test"} == {0, 1, 2}
+    assert any(line["split"] == "train" and line["stage"] == 0 and line["epoch"] == 2 for line in lines)
+
+
+def test_with_room_for_everything_and_no_reuse_every_rank_sees_every_batch_once(tmp_path):
+    out = tmp_path / "run"
+    done = run_degl("train", *TINY, "--epochs", "2", "--buffer", "64", "--max-reuse", "1", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    s = summary(out)
+    assert s["steps_per_stage"] == [2 * PER_EPOCH] * 3
+    assert s["reuse_per_stage"] == [1.0, 1.0, 1.0]
+
+
+def test_a_stopped_async_pipeline_cannot_be_resumed(tmp_path):
+    out = tmp_path / "run"
+    done = run_degl("train", *TINY, "--epochs", "2", "--buffer", "4", "--max-steps", "5", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert not summary(out)["completed"] and summary(out)["steps_per_stage"][0] == 5
+    again = run_degl("train", "--resume", str(out))
+    assert again.returncode == 2 and "cannot be resumed" in again.stderr
