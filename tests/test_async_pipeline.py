@@ -4,33 +4,11 @@ import json
 
 import pytest
 
-from conftest import run_degl
+from conftest import SYNTH, run_degl
 
 pytestmark = pytest.mark.distributed
 
-TINY = [
-    "--dataset",
-    "synthetic",
-    "--input-shape",
-    "1,12,12",
-    "--synthetic-size",
-    "256",
-    "--num-classes",
-    "4",
-    "--model",
-    "cnn4",
-    "--width",
-    "0.125",
-    "--batch-size",
-    "32",
-    "--no-progress",
-    "--method",
-    "async-dgl",
-    "--workers",
-    "3",
-    "--threads",
-    "1",
-]
+TINY = [*SYNTH, "--method", "async-dgl", "--workers", "3", "--threads", "1"]
 PER_EPOCH = 256 // 32
 
 

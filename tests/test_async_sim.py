@@ -38,8 +38,8 @@ def test_buffer_one_round_robin_equals_synchronous_dgl(tmp_path, capsys):
         == 0
     )
     assert read(sync, "metrics.jsonl") == read(async_, "metrics.jsonl")
-    pa, ma = checkpoint.load_meta(sync)
-    pb, mb = checkpoint.load_meta(async_)
+    pa, _ = checkpoint.load_meta(sync)
+    pb, _ = checkpoint.load_meta(async_)
     for k in range(3):
         a, b = checkpoint.load_stage(pa, k)["model"], checkpoint.load_stage(pb, k)["model"]
         assert all(torch.equal(a[key], b[key]) for key in a)

@@ -11,29 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_degl
+from conftest import SYNTH, run_degl
 from degl import checkpoint
 from degl.runtime.dist import free_port
 
 pytestmark = pytest.mark.distributed
 
-TINY = [
-    "--dataset",
-    "synthetic",
-    "--input-shape",
-    "1,12,12",
-    "--synthetic-size",
-    "256",
-    "--num-classes",
-    "4",
-    "--model",
-    "cnn4",
-    "--width",
-    "0.125",
-    "--batch-size",
-    "32",
-    "--no-progress",
-]
+TINY = SYNTH
 EXACT = [*TINY, "--epochs", "2", "--threads", "1", "--deterministic"]
 
 

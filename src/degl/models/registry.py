@@ -139,6 +139,21 @@ def _probe(backbone: Backbone) -> None:
     backbone.classifier.train()
 
 
+def he_init(module: nn.Module, *, linear_std: float | None = None) -> None:
+    """The paper's (and torchvision's) init: He over fan-out for convs, BatchNorm weight 1 and bias 0;
+    with ``linear_std`` also linear layers N(0, std) with zero bias (conv biases zeroed then too)."""
+    if isinstance(module, nn.Conv2d):
+        nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        if linear_std is not None and module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, (nn.BatchNorm2d, nn.BatchNorm1d)):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Linear) and linear_std is not None:
+        nn.init.normal_(module.weight, 0.0, linear_std)
+        nn.init.zeros_(module.bias)
+
+
 def channels(base: int, width: float) -> int:
     """Apply the channel-width multiplier; never fewer than one channel."""
     return max(1, round(base * width))

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
-from degl.models.registry import Backbone, channels, register_model
+from degl.models.registry import Backbone, channels, he_init, register_model
 
 _WIDTHS = (16, 32, 64)
 
@@ -73,19 +73,9 @@ def cifar_resnet(
     blocks.append(nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()))
     classifier = nn.Linear(in_channels, num_classes)
     for module in nn.ModuleList(blocks).modules():
-        _init(module)
+        he_init(module)  # the DDG code's N(0, sqrt(2/(k*k*out))) convs; classifier default
     half = math.ceil(len(blocks) / 2)
     return Backbone(name, blocks, classifier, tuple(input_shape), paper_cuts={2: (half,)})
-
-
-def _init(module: nn.Module) -> None:
-    # The DDG code's init: convs N(0, sqrt(2 / (k*k*out_channels))), i.e. He init over fan-out;
-    # BN weight 1, bias 0. The classifier keeps PyTorch's default, as in the paper's code.
-    if isinstance(module, nn.Conv2d):
-        nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-    elif isinstance(module, nn.BatchNorm2d):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
 
 
 @register_model(

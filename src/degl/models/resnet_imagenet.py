@@ -16,7 +16,7 @@ from __future__ import annotations
 from torch import nn
 from torchvision.models.resnet import Bottleneck, conv1x1
 
-from degl.models.registry import Backbone, channels, register_model
+from degl.models.registry import Backbone, channels, he_init, register_model
 
 _IMAGENET = (3, 224, 224)
 
@@ -54,19 +54,9 @@ def imagenet_resnet(
             in_channels = planes * Bottleneck.expansion
     classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(in_channels, num_classes))
     for block in blocks:
-        block.apply(_init)
+        block.apply(he_init)  # classifier keeps PyTorch's default, as the paper's code
     half = (len(blocks) + 1) // 2
     return Backbone(name, blocks, classifier, tuple(input_shape), paper_cuts={2: (half,)})
-
-
-def _init(module: nn.Module) -> None:
-    # As in the paper's code (and torchvision): He init over fan-out for convs, BN 1/0; the
-    # classifier keeps PyTorch's default init.
-    if isinstance(module, nn.Conv2d):
-        nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-    elif isinstance(module, nn.BatchNorm2d):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
 
 
 @register_model(

@@ -14,10 +14,12 @@ every conv and the two hidden FC layers.
 
 from __future__ import annotations
 
+from functools import partial
+
 from torch import nn
 
 from degl.errors import UserError
-from degl.models.registry import Backbone, channels, register_model
+from degl.models.registry import Backbone, channels, he_init, register_model
 
 Config = list[int | str]
 
@@ -74,22 +76,8 @@ def vgg(
         nn.Linear(hidden, num_classes),
     )
     for module in [*blocks, classifier]:
-        module.apply(_init)
+        module.apply(partial(he_init, linear_std=0.01))
     return Backbone(name, blocks, classifier, tuple(input_shape), paper_cuts)
-
-
-def _init(module: nn.Module) -> None:
-    # The paper's init (as torchvision's VGG): He init over fan-out for convs, BN 1/0,
-    # linear N(0, 0.01) with zero bias.
-    if isinstance(module, nn.Conv2d):
-        nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-        nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.BatchNorm2d):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.Linear):
-        nn.init.normal_(module.weight, 0.0, 0.01)
-        nn.init.zeros_(module.bias)
 
 
 @register_model(
