@@ -144,10 +144,9 @@ class AsyncSimTrainer:
                         self.misses[stage] += 1
                         continue
                     x, y, info = sample
-                    if info.uses == 1:
-                        self.consumed[stage] += 1
-                    if info.step is not None:
-                        self.staleness_sum[stage] += self.steps[stage - 1] - info.step
+                    if self.steps[stage] < budget:  # reuse and staleness of the batches trained on
+                        self.consumed[stage] += info.uses == 1
+                        self.staleness_sum[stage] += self.steps[stage - 1] - (info.step or 0)
                 if self.steps[stage] < budget:
                     out = self._train(stage, x, y, per_epoch)
                 else:
