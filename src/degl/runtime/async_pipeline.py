@@ -122,6 +122,7 @@ class AsyncPipelineRank(PipelineRank):
             lambda message: unpack(message[1])[1] == DONE,
             capacity=self.depth,
             timeout_s=self.cfg.fault_timeout,
+            staging=self.staging,
         )
         while True:
             self._receive(receiver, block=False)

@@ -60,12 +60,22 @@ def device_for(env: DistEnv, requested: str) -> torch.device:
 
 
 def init_process_group(env: DistEnv, device: torch.device, timeout_s: float) -> None:
-    """gloo on CPU, NCCL on GPU; every blocking operation gives up after ``timeout_s``."""
-    backend = "nccl" if device.type == "cuda" else "gloo"
+    """NCCL when every local rank has a GPU of its own, else gloo (GPU tensors then travel through
+    host memory: see :func:`staging_device`); every blocking operation gives up after ``timeout_s``."""
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", env.world_size))
+    own_gpu = device.type == "cuda" and local_ranks <= torch.cuda.device_count()
+    backend = "nccl" if own_gpu else "gloo"
     kwargs = {"device_id": device} if backend == "nccl" else {}
     dist.init_process_group(
         backend, rank=env.rank, world_size=env.world_size, timeout=timedelta(seconds=timeout_s), **kwargs
     )
+
+
+def staging_device(device: torch.device) -> torch.device | None:
+    """Where messages must be staged: the host when GPU tensors go through gloo, else nowhere."""
+    if device.type == "cuda" and dist.get_backend() == "gloo":
+        return torch.device("cpu")
+    return None
 
 
 def free_port() -> int:

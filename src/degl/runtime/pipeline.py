@@ -31,7 +31,7 @@ from degl.control import StopRequest, epoch_bar, step_bar
 from degl.core.evaluate import EvalAccumulator, EvalResult
 from degl.core.methods import DGL
 from degl.runstate import EpochStats, Position, RunState, stage_checkpoint
-from degl.runtime.dist import DistEnv
+from degl.runtime.dist import DistEnv, staging_device
 from degl.runtime.transport import Inbox, Outbox, TensorSpec
 from degl.setup import loaders, make_stages, optim_settings, prepare_stage
 
@@ -100,8 +100,9 @@ class PipelineRank:
         )
         self.wire = WIRE_DTYPES[cfg.precision]
         self.slowdown = parse_slowdowns(cfg.slowdown, self.world).get(self.rank, 1.0)
-        self.inbox = Inbox(self.rank - 1, device) if self.rank > 0 else None
-        self.outbox = Outbox(self.rank + 1, cfg.max_in_flight) if not env.is_last else None
+        self.staging = staging_device(device)
+        self.inbox = Inbox(self.rank - 1, device, self.staging) if self.rank > 0 else None
+        self.outbox = Outbox(self.rank + 1, cfg.max_in_flight, self.staging) if not env.is_last else None
         self.stats = EpochStats()
         self.position = Position()
         self.global_step = 0

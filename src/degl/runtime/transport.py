@@ -40,10 +40,14 @@ def _wait_all(works: Sequence[dist.Work], peer: int, action: str) -> None:
 
 
 class Outbox:
-    """Sends to rank ``dst``; at most ``max_in_flight`` messages may be unacknowledged."""
+    """Sends to rank ``dst``; at most ``max_in_flight`` messages may be unacknowledged.
 
-    def __init__(self, dst: int, max_in_flight: int) -> None:
+    With ``staging`` (a GPU rank on gloo) tensors are copied there before sending.
+    """
+
+    def __init__(self, dst: int, max_in_flight: int, staging: torch.device | None = None) -> None:
         self.dst = dst
+        self.staging = staging
         self.max_in_flight = max_in_flight
         self._pending: deque[tuple[list[dist.Work], list[torch.Tensor]]] = deque()
         self.wait_s = 0.0
@@ -53,7 +57,7 @@ class Outbox:
     def send(self, tensors: Sequence[torch.Tensor]) -> None:
         while len(self._pending) >= self.max_in_flight:
             self._wait_oldest()
-        tensors = [t.contiguous() for t in tensors]
+        tensors = [(t.to(self.staging) if self.staging is not None else t).contiguous() for t in tensors]
         try:
             works = [dist.isend(t, self.dst) for t in tensors]
         except (RuntimeError, dist.DistError) as exc:
@@ -76,9 +80,10 @@ class Outbox:
 class Inbox:
     """Receives from rank ``src`` into freshly allocated tensors, in order; receives are posted ahead."""
 
-    def __init__(self, src: int, device: torch.device) -> None:
+    def __init__(self, src: int, device: torch.device, staging: torch.device | None = None) -> None:
         self.src = src
         self.device = device
+        self.staging = staging
         self._posted: deque[tuple[list[dist.Work], list[torch.Tensor]]] = deque()
         self.wait_s = 0.0
 
@@ -88,7 +93,8 @@ class Inbox:
         return len(self._posted)
 
     def post(self, specs: Sequence[TensorSpec]) -> None:
-        tensors = [torch.empty(shape, dtype=dtype, device=self.device) for shape, dtype in specs]
+        where = self.staging or self.device
+        tensors = [torch.empty(shape, dtype=dtype, device=where) for shape, dtype in specs]
         try:
             works = [dist.irecv(t, self.src) for t in tensors]
         except (RuntimeError, dist.DistError) as exc:
@@ -106,7 +112,7 @@ class Inbox:
         tick = time.perf_counter()
         _wait_all(works, self.src, "receiving from")
         self.wait_s += time.perf_counter() - tick
-        return tensors
+        return [t.to(self.device, non_blocking=True) for t in tensors] if self.staging is not None else tensors
 
 
 class BackgroundInbox:
@@ -119,7 +125,15 @@ class BackgroundInbox:
     """
 
     def __init__(
-        self, src: int, device: torch.device, specs: Sequence[TensorSpec], last, *, capacity: int, timeout_s: float
+        self,
+        src: int,
+        device: torch.device,
+        specs: Sequence[TensorSpec],
+        last,
+        *,
+        capacity: int,
+        timeout_s: float,
+        staging: torch.device | None = None,
     ) -> None:
         self.src = src
         self.timeout_s = timeout_s
@@ -130,8 +144,10 @@ class BackgroundInbox:
         def receive() -> None:
             try:
                 while True:
-                    tensors = [torch.empty(shape, dtype=dtype, device=device) for shape, dtype in specs]
+                    tensors = [torch.empty(shape, dtype=dtype, device=staging or device) for shape, dtype in specs]
                     _wait_all([dist.irecv(t, src) for t in tensors], src, "receiving from")
+                    if staging is not None:
+                        tensors = [t.to(device) for t in tensors]
                     self._queue.put(tensors)
                     if last(tensors):
                         return
