@@ -34,7 +34,7 @@ net = nn.Sequential(
     nn.BatchNorm2d(128),
     nn.ReLU(),
 )
-stages = degl.build_stages(net, num_stages=3, aux="linear", input_shape=(1, 28, 28), num_classes=10)
+stages = degl.build_stages(net, num_stages=3, aux="mlp", input_shape=(1, 28, 28), num_classes=10)
 dgl = degl.DGL(stages, make_optimizer=lambda params: torch.optim.SGD(params, lr=0.05, momentum=0.9))
 for epoch in range(args.epochs):
     for x, y in train.epoch(epoch):

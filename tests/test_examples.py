@@ -1,0 +1,18 @@
+"""The README's example, made runnable in examples/, really trains."""
+
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def test_own_sequential_example_trains(fmnist_dir):
+    done = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "own_sequential.py"), "--train-size", "6400"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    accs = eval(done.stdout.strip().split(":", 1)[1])  # "test accuracy per stage: [a, b, c]"
+    assert len(accs) == 3 and all(acc > 50 for acc in accs)  # 10 classes: chance is 10%; 50 steps give about 70%
