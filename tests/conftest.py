@@ -88,9 +88,3 @@ SYNTH = [
     "32",
     "--no-progress",
 ]
-
-
-def test_fashion_mnist_is_installed_when_required():
-    """`make test` sets DEGL_REQUIRE_DATA=1: there the data set must be installed, not skipped."""
-    if os.environ.get("DEGL_REQUIRE_DATA") == "1":
-        assert fashion_mnist_dir() is not None, "Fashion-MNIST missing: 'make install' should have installed it"

@@ -119,3 +119,13 @@ def test_real_fashion_mnist(fmnist_dir):
     assert data.test_images.shape == (10000, 1, 28, 28)
     assert torch.bincount(data.train_labels).tolist() == [6000] * 10
     assert abs(data.train_images.float().mean().item() / 255 - data.mean[0]) < 1e-3
+
+
+def test_fashion_mnist_is_installed_when_required():
+    """`make test` sets DEGL_REQUIRE_DATA=1: there the data set must be installed, not skipped."""
+    import os
+
+    from conftest import fashion_mnist_dir
+
+    if os.environ.get("DEGL_REQUIRE_DATA") == "1":
+        assert fashion_mnist_dir() is not None, "Fashion-MNIST missing: 'make install' should have installed it"

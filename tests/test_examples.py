@@ -1,5 +1,6 @@
 """The README's example, made runnable in examples/, really trains."""
 
+import ast
 import subprocess
 import sys
 
@@ -14,5 +15,5 @@ def test_own_sequential_example_trains(fmnist_dir):
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
-    accs = eval(done.stdout.strip().split(":", 1)[1])  # "test accuracy per stage: [a, b, c]"
+    accs = ast.literal_eval(done.stdout.strip().split(":", 1)[1])  # "test accuracy per stage: [a, b, c]"
     assert len(accs) == 3 and all(acc > 50 for acc in accs)  # 10 classes: chance is 10%; 50 steps give about 70%
