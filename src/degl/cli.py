@@ -56,6 +56,8 @@ def add_train_options(parser: argparse.ArgumentParser, exclude: tuple[str, ...] 
 
 def _group_of(name: str) -> str:
     order = [f.name for f in config_fields()]
+    if order.index("buffer") <= order.index(name) < order.index("dataset"):
+        return "asynchronous DGL (replay buffers)"
     if order.index(name) < order.index("dataset"):
         return "what to train"
     if order.index(name) < order.index("epochs"):
@@ -73,7 +75,8 @@ def build_parser() -> ArgumentParser:
     train = sub.add_parser(
         "train",
         help="train a network (dgl, sgl or backprop)",
-        description="Train a network with DGL, sequential greedy learning or backprop.",
+        description="Train a network with DGL (synchronous or asynchronous), sequential greedy learning "
+        "or backprop, in one process or one process per stage (--workers K, or under torchrun).",
     )
     train.add_argument("--config", metavar="FILE", help="YAML file of options (command-line flags win)")
     train.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")

@@ -40,7 +40,10 @@ class TrainConfig:
     model: str = field(default="cnn6", metadata=_opt("backbone from the registry (see 'degl models')"))
     width: float = field(default=1.0, metadata=_opt("channel-width multiplier"))
     stages: int = field(default=4, metadata=_opt("number of stages K (ignored by backprop)"))
-    aux: str = field(default="mlp-sr", metadata=_opt("aux head of stages 1..K-1: mlp, mlp-sr, cnn, linear"))
+    aux: str = field(
+        default="mlp-sr",
+        metadata=_opt("aux head of stages 1..K-1: mlp, mlp-sr, cnn, linear (or a model's own, e.g. dni)"),
+    )
     split: str = field(
         default="auto",
         metadata=_opt(
