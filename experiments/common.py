@@ -43,6 +43,9 @@ def add_common_options(parser: argparse.ArgumentParser, *, width: float, epochs:
         help="lr schedule; step: x0.2 every 15 epochs as in the paper's CIFAR scripts (default: cosine)",
     )
     parser.add_argument("--train-size", type=int, default=None, help="use only the first N training images")
+    parser.add_argument(
+        "--augment", action=argparse.BooleanOptionalAction, default=True, help="random crop + flip (default: on)"
+    )
     parser.add_argument("--data-dir", default=None, help="Fashion-MNIST folder (default: the library's search)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -76,6 +79,7 @@ def base_values(args: argparse.Namespace) -> dict[str, Any]:
         "lr": args.lr,
         "schedule": args.schedule,
         "train_size": args.train_size,
+        "augment": args.augment,
         "device": args.device,
         "threads": args.threads,
         "progress": args.progress,

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": MODEL,
         "stages": STAGES,
         "method": "dgl",
-        "budget": {k: base[k] for k in ("width", "epochs", "batch_size", "lr", "schedule", "train_size")},
+        "budget": {k: base[k] for k in ("width", "epochs", "batch_size", "lr", "schedule", "train_size", "augment")},
         "seeds": seeds,
         "hardware": common.hardware_description(device, args.threads),
         "torch": runs[heads[0]][0]["torch"],
@@ -97,7 +97,8 @@ def markdown(data: dict[str, Any], argv: list[str] | None) -> str:
         "",
         f"- command: `{command.strip()}`",
         f"- budget (same for every head): width {budget['width']}, {budget['epochs']} epoch(s), batch "
-        f"{budget['batch_size']}, SGD lr {budget['lr']} ({budget['schedule']} schedule)"
+        f"{budget['batch_size']}, SGD lr {budget['lr']} ({budget['schedule']} schedule), "
+        f"augmentation {'on' if budget.get('augment', True) else 'off'}"
         + (f", first {budget['train_size']} training images" if budget["train_size"] else ", 60k training images")
         + "; test: the 10k test images",
         f"- seeds: {', '.join(map(str, data['seeds']))} (mean ± std where several)",

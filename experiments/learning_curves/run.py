@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": MODEL,
         "stages": STAGES,
         "aux": AUX,
-        "budget": {k: base[k] for k in ("width", "epochs", "batch_size", "lr", "schedule", "train_size")},
+        "budget": {k: base[k] for k in ("width", "epochs", "batch_size", "lr", "schedule", "train_size", "augment")},
         "seeds": seeds,
         "methods": {},
     }
@@ -122,7 +122,7 @@ def markdown(data: dict[str, Any], argv: list[str] | None, png: str | None) -> s
         f"once; SGL: {epochs} per stage, {data['stages'] * epochs} in all), batch {budget['batch_size']}, "
         f"SGD lr {budget['lr']} ({budget['schedule']} schedule, restarted per stage for SGL), aux {data['aux']}"
         + (f", first {budget['train_size']} training images" if budget["train_size"] else ", 60k training images")
-        + "; test: the 10k test images",
+        + f", augmentation {'on' if budget.get('augment', True) else 'off'}; test: the 10k test images",
         f"- seeds: {', '.join(map(str, data['seeds']))} (curves are seed means)",
         f"- hardware: {data['hardware']}; torch {data['torch']}, degl {data['degl']}",
         "",
