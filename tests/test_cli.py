@@ -224,3 +224,27 @@ def test_resume_errors(tmp_path, capsys):
     Path(out / "checkpoints" / latest / "meta.pt").write_bytes(b"not a checkpoint")
     assert main(["train", "--resume", str(out)]) == 2
     assert "corrupt" in capsys.readouterr().err
+
+
+def test_compare_in_parallel_processes_gives_the_sequential_numbers(tmp_path, capsys):
+    args = [
+        "compare",
+        *SYNTH,
+        "--methods",
+        "dgl,backprop,sgl",
+        "--stages",
+        "2",
+        "--epochs",
+        "1",
+        "--threads",
+        "1",
+        "--deterministic",
+    ]
+    assert main([*args, "--out", str(tmp_path / "seq")]) == 0
+    sequential = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main([*args, "--parallel", "2", "--out", str(tmp_path / "par")]) == 0
+    parallel = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for method in ("dgl", "backprop", "sgl"):
+        assert sequential["methods"][method]["test_acc"] == parallel["methods"][method]["test_acc"]
+    assert main([*args, "--parallel", "2", "--out", str(tmp_path / "par")]) == 0  # all reused
+    assert "reusing the completed run" in capsys.readouterr().err

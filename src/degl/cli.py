@@ -91,6 +91,12 @@ def build_parser() -> ArgumentParser:
     compare.add_argument("--config", metavar="FILE", help="YAML file of options (command-line flags win)")
     compare.add_argument("--methods", default="dgl,backprop,sgl", help="comma-separated (default: dgl,backprop,sgl)")
     compare.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
+    compare.add_argument(
+        "--parallel",
+        type=int,
+        default=1,
+        help="runs at a time, each in its own process with cores/N threads (default: 1)",
+    )
     add_train_options(compare, exclude=("method", "seed"))
 
     evaluate = sub.add_parser("eval", help="evaluate a run's last checkpoint on the test set")
@@ -218,7 +224,7 @@ def run_compare(args: argparse.Namespace, given: dict[str, Any]) -> int:
     cfg = make_config(values)
     methods = parse_list(args.methods, what="--methods")
     seeds = parse_list(args.seeds, what="--seeds", cast=int)
-    result = compare(cfg, methods, seeds, out)
+    result = compare(cfg, methods, seeds, out, parallel=args.parallel)
     print()
     for line in format_table(result):
         print(line)

@@ -6,17 +6,23 @@ options are reused and stopped ones are resumed, so the command is idempotent an
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import statistics
+import subprocess
 import sys
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from degl import checkpoint
 from degl.config import INVOCATION_KEYS, METHODS, TrainConfig
 from degl.errors import UserError
 from degl.rundir import write_json
+from degl.runtime.dist import default_threads
 from degl.train import resume, train
 
 
@@ -35,37 +41,88 @@ def _same_run(saved: dict[str, Any], wanted: dict[str, Any]) -> bool:
     return all(saved.get(k) == wanted.get(k) for k in keys - INVOCATION_KEYS)
 
 
-def run_one(cfg: TrainConfig) -> dict[str, Any]:
+RESUME_OVERRIDES = ("max_steps", "threads", "progress", "device")
+
+
+def plan(cfg: TrainConfig) -> tuple[str, dict[str, Any] | None]:
+    """What to do for ``cfg.out``: ("train", None), ("resume", None) or ("reuse", its summary)."""
     run_dir = Path(cfg.out)  # type: ignore[arg-type]
     if checkpoint.latest_checkpoint(run_dir) is None:
-        return train(cfg)[0]
+        return "train", None
     _, meta = checkpoint.load_meta(run_dir)
-    wanted = cfg.to_dict()
-    if not _same_run(meta["config"], {**wanted, "max_steps": None}):
+    if not _same_run(meta["config"], {**cfg.to_dict(), "max_steps": None}):
         raise UserError(f"{run_dir} holds a run with other options; remove it or choose another --out")
     summary_path = run_dir / "summary.json"
     if summary_path.is_file():
         summary = json.loads(summary_path.read_text())
         if summary.get("completed"):
             print(f"degl: reusing the completed run in {run_dir}", file=sys.stderr)
-            return summary
-    overrides = {k: wanted[k] for k in ("max_steps", "threads", "progress", "device")}
-    return resume(run_dir, overrides)[0]
+            return "reuse", summary
+    return "resume", None
+
+
+def run_one(cfg: TrainConfig) -> dict[str, Any]:
+    """Train ``cfg`` in this process, or resume it, or reuse it when it is complete."""
+    action, summary = plan(cfg)
+    if action == "reuse":
+        return summary  # type: ignore[return-value]
+    if action == "train":
+        return train(cfg)[0]
+    return resume(Path(cfg.out), {k: getattr(cfg, k) for k in RESUME_OVERRIDES})[0]  # type: ignore[arg-type]
+
+
+def run_in_subprocess(cfg: TrainConfig) -> dict[str, Any]:
+    """:func:`run_one` in a child process (for ``--parallel``): same reuse/resume rules."""
+    action, summary = plan(cfg)
+    if action == "reuse":
+        return summary  # type: ignore[return-value]
+    command = [sys.executable, "-m", "degl", "train", "--no-progress"]
+    with tempfile.TemporaryDirectory(prefix="degl-compare-") as tmp:
+        if action == "train":
+            config = Path(tmp) / "config.yaml"
+            config.write_text(yaml.safe_dump({k: v for k, v in cfg.to_dict().items() if k != "progress"}))
+            command += ["--config", str(config)]
+        else:
+            command += ["--resume", str(cfg.out)]
+            command += [
+                f"--{k.replace('_', '-')}={getattr(cfg, k)}"
+                for k in ("threads", "device")
+                if getattr(cfg, k) is not None
+            ]
+        done = subprocess.run(command)
+    if done.returncode != 0:
+        raise UserError(f"the run in {cfg.out} failed (exit status {done.returncode}); see its output above")
+    return json.loads((Path(cfg.out) / "summary.json").read_text())
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def compare(base: TrainConfig, methods: list[str], seeds: list[int], out: Path) -> dict[str, Any]:
+# Rough relative cost, so that with --parallel the longest runs start first.
+_COST = {"sgl": 3, "async-dgl": 2, "dgl": 2, "backprop": 1}
+
+
+def compare(base: TrainConfig, methods: list[str], seeds: list[int], out: Path, *, parallel: int = 1) -> dict[str, Any]:
+    """Train every method x seed on ``base`` (``parallel`` at a time, in child processes) and tabulate."""
     for method in methods:
         if method not in METHODS:
             raise UserError(f"unknown method {method!r} in --methods; choose from {', '.join(METHODS)}")
-    summaries: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
-    for seed in seeds:
-        for method in methods:
-            cfg = replace(base, method=method, seed=seed, out=str(out / f"{method}-seed{seed}"))
-            summaries[method].append(run_one(cfg))
+    if parallel < 1:
+        raise UserError(f"--parallel must be a positive integer, got {parallel}")
+    jobs = {(m, s): replace(base, method=m, seed=s, out=str(out / f"{m}-seed{s}")) for s in seeds for m in methods}
+    if parallel == 1:
+        results = {key: run_one(cfg) for key, cfg in jobs.items()}
+    else:
+        threads = base.threads or default_threads(parallel)
+        order = sorted(jobs, key=lambda key: -_COST[key[0]])
+        with concurrent.futures.ThreadPoolExecutor(parallel) as pool:
+            futures = {
+                key: pool.submit(run_in_subprocess, replace(jobs[key], threads=threads, progress=False))
+                for key in order
+            }
+            results = {key: futures[key].result() for key in jobs}
+    summaries = {m: [results[(m, s)] for s in seeds] for m in methods}
     table: dict[str, Any] = {}
     for method, runs in summaries.items():
         finals = [r["test_acc"] for r in runs]
