@@ -20,7 +20,7 @@ data: $(STAMP)
 	@PYTHON=$(BIN)/python sh scripts/install-data.sh
 
 demo: install
-	$(BIN)/degl compare --methods dgl,backprop,sgl --model cnn4 --width 0.25 --stages 4 --epochs 2 \
+	$(BIN)/degl compare --methods dgl,backprop,sgl --model cnn4 --width 0.25 --stages 4 --epochs 6 --parallel 2 \
 		--no-augment --out runs/demo
 
 test: install
