@@ -5,6 +5,7 @@ import json
 import pytest
 
 from conftest import SYNTH, run_degl
+from degl import checkpoint
 
 pytestmark = pytest.mark.distributed
 
@@ -27,6 +28,12 @@ def test_async_pipeline_with_a_slowed_rank_completes_and_reports(tmp_path):
     assert s["steps_per_stage"][0] == 2 * PER_EPOCH  # rank 0 used every batch once
     assert all(1.0 <= r <= 2.0 for r in s["reuse_per_stage"])
     assert len(s["steps_per_s_per_stage"]) == 3 and len(s["staleness_per_stage"]) == 3
+    path, meta = checkpoint.load_meta(out)  # one complete checkpoint, every stage in it
+    assert [checkpoint.load_stage(path, k)["model"] for k in range(3)]
+    assert meta["global_step"] == s["steps_per_stage"][0]
+    evaluated = run_degl("eval", "--run", str(out))
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads(evaluated.stdout.strip().splitlines()[-1])["test_acc_per_stage"] == s["test_acc_per_stage"]
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert {line["stage"] for line in lines if line["split"] == "test"} == {0, 1, 2}
     assert any(line["split"] == "train" and line["stage"] == 0 and line["epoch"] == 2 for line in lines)

@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from degl.config import TrainConfig
 from degl.control import StopRequest
@@ -168,6 +169,10 @@ class AsyncPipelineRank(PipelineRank):
             evaluation = self.evaluate()
         completed = not stop.requested and self.cfg.max_steps is None
         self.position = Position(1, 0, 0) if completed else Position(0, self.cfg.epochs, 0)
+        # Ranks did different numbers of steps; the checkpoint is named after rank 0's.
+        shared = [self.steps]
+        dist.broadcast_object_list(shared, src=0)
+        self.global_step = shared[0]
         reports = self.checkpoint_and_gather(evaluation)
         if not first:
             return None, False
