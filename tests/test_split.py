@@ -77,3 +77,19 @@ def test_flops_balance_moves_cut_towards_expensive_blocks():
     )
     stages = build_stages(net, 2, aux="linear", input_shape=(1, 8, 8), num_classes=2, split="flops")
     assert stages[1].block_indices == (3,)
+
+
+def test_time_split_is_measured_once_and_recorded_as_cuts(tmp_path, capsys):
+    import yaml
+
+    from conftest import SYNTH
+    from degl.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", *SYNTH, "--stages", "3", "--split", "time", "--max-steps", "2", "--out", str(out)]) == 0
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    cuts = [int(c) for c in saved["cuts"].split(",")]
+    assert len(cuts) == 2 and 0 < cuts[0] < cuts[1] < 4
+    # resuming rebuilds exactly these stages, whatever the timings would say now
+    assert main(["train", "--resume", str(out), "--max-steps", "1"]) == 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["cuts"] == saved["cuts"]

@@ -169,6 +169,9 @@ def main() -> None:
         print(json.dumps(run_single(spec)), flush=True)
         return
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if os.environ.get("DEGL_BENCH_PIN") == "1":  # experiment: one core set per rank
+        cores = sorted(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, set(cores[rank * spec["threads"]:(rank + 1) * spec["threads"]]))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         result = run_dgl_rank(spec, rank, world) if mode == "dgl" else run_pippy_rank(spec, rank, world, mode)
