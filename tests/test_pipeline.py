@@ -244,3 +244,21 @@ def test_torchrun_two_nodes_on_loopback(tmp_path):
         assert agent.returncode == 0, stderr
     s = summary(out)
     assert s["completed"] and s["workers"] == 2 and len(s["test_acc_per_stage"]) == 2
+
+
+def test_cpu_pinning_gives_each_local_rank_its_own_cores():
+    import os
+
+    from degl.runtime.dist import pin_cpus
+
+    before = os.sched_getaffinity(0)
+    try:
+        cores = sorted(before)
+        assert pin_cpus(0, 1, len(cores)) == {cores[0]}
+        os.sched_setaffinity(0, before)
+        assert pin_cpus(len(cores) - 1, 1, len(cores)) == {cores[-1]}
+        os.sched_setaffinity(0, before)
+        assert pin_cpus(0, 1, len(cores) + 1) is None  # does not fit: left alone
+        assert os.sched_getaffinity(0) == before
+    finally:
+        os.sched_setaffinity(0, before)

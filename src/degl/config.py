@@ -130,6 +130,10 @@ class TrainConfig:
         default=None,
         metadata=_opt("run the K stages in K local processes (one stage each) over torch.distributed"),
     )
+    pin_cpus: bool = field(
+        default=True,
+        metadata=_opt("multi-process on the CPU: bind each local rank to its own cores when they fit"),
+    )
     fault_timeout: float = field(
         default=60.0, metadata=_opt("multi-process: seconds a rank waits on a silent peer before giving up")
     )
@@ -164,6 +168,7 @@ INVOCATION_KEYS = frozenset(
         "fault_timeout",
         "max_in_flight",
         "compile",
+        "pin_cpus",
     }
 )
 

@@ -39,6 +39,12 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
         help="microbatch counts tried for GPipe/1F1B; the best is reported (default: 1,2,4,8)",
     )
     parser.add_argument("--max-in-flight", type=int, default=2, help="dgl pipeline backpressure (default: 2)")
+    parser.add_argument(
+        "--pin-cpus",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="bind each rank (dgl and pipelined backprop alike) to its own cores (default: on)",
+    )
     parser.set_defaults(bench_func=run)
 
 
@@ -103,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
         "warmup": args.warmup,
         "threads": threads,
         "max_in_flight": args.max_in_flight,
+        "pin_cpus": args.pin_cpus,
     }
     samples: dict[str, list[float]] = {"single": [], "pipeline": [], "single_all": []}
     # Schedule1F1B needs at least one microbatch per stage.
@@ -143,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
         "batch_size": batch,
         "input_shape": list(shape),
         "threads_per_process": threads,
+        "pin_cpus": args.pin_cpus,
         "steps": args.steps,
         "warmup": args.warmup,
         "rounds": args.rounds,

@@ -26,6 +26,7 @@ from degl.core.methods import DGL
 from degl.core.optim import OptimSettings
 from degl.core.split import build_stages
 from degl.models import build_model
+from degl.runtime.dist import pin_cpus
 
 
 def build(spec: dict[str, Any]) -> list:
@@ -169,9 +170,8 @@ def main() -> None:
         print(json.dumps(run_single(spec)), flush=True)
         return
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    if os.environ.get("DEGL_BENCH_PIN") == "1":  # experiment: one core set per rank
-        cores = sorted(os.sched_getaffinity(0))
-        os.sched_setaffinity(0, set(cores[rank * spec["threads"]:(rank + 1) * spec["threads"]]))
+    if spec["pin_cpus"]:
+        pin_cpus(rank, spec["threads"], world)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         result = run_dgl_rank(spec, rank, world) if mode == "dgl" else run_pippy_rank(spec, rank, world, mode)

@@ -16,7 +16,7 @@ from degl import checkpoint
 from degl.config import TrainConfig
 from degl.errors import UserError
 from degl.rundir import check_new_run_dir, default_run_dir
-from degl.runtime.dist import DistEnv, default_threads, device_for, init_process_group
+from degl.runtime.dist import DistEnv, default_threads, device_for, init_process_group, pin_cpus
 from degl.runtime.pipeline import PipelineInfo, PipelineRank, log
 from degl.runtime.transport import PeerError
 from degl.setup import configure_torch, load_data, make_stages, resolve_cuts
@@ -76,7 +76,10 @@ def _fingerprint(cfg: TrainConfig) -> str:
 def run_rank(cfg: TrainConfig, env: DistEnv, *, resume_dir: Path | None, print_summary: bool) -> int:
     """Run this process's stage to the end; return the exit status (0, 2 user error, 130 stopped)."""
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", env.world_size))
-    torch.set_num_threads(cfg.threads or default_threads(local_world))
+    threads = cfg.threads or default_threads(local_world)
+    if cfg.pin_cpus and not cfg.device.startswith("cuda"):
+        pin_cpus(env.local_rank, threads, local_world)
+    torch.set_num_threads(threads)
     configure_torch(cfg)
     device = device_for(env, cfg.device)
     init_process_group(env, device, cfg.fault_timeout)
