@@ -82,7 +82,7 @@ def pin_cpus(local_rank: int, threads: int, local_world: int) -> set[int] | None
     """Bind this process to cores ``[local_rank*threads, (local_rank+1)*threads)`` of its allowed set.
 
     Ranks of one machine then stop migrating between cores and evicting each other's caches (on
-    the 2-core development machine this is worth about 6% of pipeline throughput). Does nothing,
+    the 2-core development machine the measured effect is within run-to-run noise). Does nothing,
     and returns None, when the ``local_world`` ranks' threads do not all fit in the allowed cores.
     """
     if not hasattr(os, "sched_setaffinity"):
