@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import SYNTH
+from conftest import SYNTH, run_degl
 from degl.cli import main
 from degl.config import make_config
 from degl.core.methods import DGL
@@ -61,8 +61,10 @@ def test_channels_last_trains_to_the_same_numbers(tmp_path):
 
 @pytest.mark.slow
 def test_compiled_stages_train_and_checkpoint_like_eager_ones(tmp_path):
+    # In a child process: inductor keeps a process-wide compile thread pool alive, which would outlive the test.
     out = tmp_path / "run"
-    assert main(["train", *SYNTH, "--stages", "2", "--max-steps", "2", "--compile", "--out", str(out)]) == 0
+    done = run_degl("train", *SYNTH, "--stages", "2", "--max-steps", "2", "--compile", "--out", str(out))
+    assert done.returncode == 0, done.stderr
     from degl import checkpoint
 
     path, _ = checkpoint.load_meta(out)
