@@ -1,11 +1,16 @@
 """The real command line: smoke runs, the run-directory contract, and every kind of bad input."""
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from conftest import SYNTH, run_degl
+from degl import checkpoint
 from degl.cli import main
 
 SUMMARY_KEYS = {
@@ -248,3 +253,25 @@ def test_compare_in_parallel_processes_gives_the_sequential_numbers(tmp_path, ca
         assert sequential["methods"][method]["test_acc"] == parallel["methods"][method]["test_acc"]
     assert main([*args, "--parallel", "2", "--out", str(tmp_path / "par")]) == 0  # all reused
     assert "reusing the completed run" in capsys.readouterr().err
+
+
+def test_sigterm_to_a_parallel_compare_stops_its_children_with_checkpoints(tmp_path):
+    out = tmp_path / "cmp"
+    long_runs = ["--synthetic-size", "8000", "--batch-size", "16", "--epochs", "3", "--input-shape", "1,16,16"]
+    args = ["compare", "--dataset", "synthetic", "--model", "cnn4", "--width", "0.25", "--stages", "2", *long_runs]
+    args += ["--methods", "dgl,backprop,sgl", "--parallel", "2", "--threads", "1", "--out", str(out)]
+    proc = subprocess.Popen([sys.executable, "-m", "degl", *args], stderr=subprocess.PIPE, text=True)
+    started = [out / f"{m}-seed0" / "config.yaml" for m in ("sgl", "dgl")]  # the two longest start first
+    deadline = time.monotonic() + 120
+    while not all(p.exists() for p in started) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)  # returns only once every child has exited
+    assert proc.returncode == 130, stderr
+    assert "the same degl compare command" in stderr and "Traceback" not in stderr
+    for method in ("sgl", "dgl"):
+        run = out / f"{method}-seed0"
+        assert checkpoint.load_meta(run)[1]["global_step"] > 0
+        assert not json.loads((run / "summary.json").read_text())["completed"]
+    assert not (out / "backprop-seed0").exists()  # queued behind the others: never started

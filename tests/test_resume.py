@@ -23,9 +23,9 @@ def metrics(run):
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("method", ["dgl", "sgl", "backprop"])
+@pytest.mark.parametrize("method", ["dgl", "sgl", "sgl --no-augment", "backprop"])  # the last sgl caches features
 def test_stopped_and_resumed_run_equals_uninterrupted(tmp_path, capsys, method):
-    common = [*SYNTH, "--method", method, "--stages", "2", "--epochs", "2", "--deterministic"]
+    common = [*SYNTH, "--method", *method.split(), "--stages", "2", "--epochs", "2", "--deterministic"]
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     assert main(["train", *common, "--out", str(whole)]) == 0
     assert main(["train", *common, "--out", str(parts), "--max-steps", "5"]) == 0

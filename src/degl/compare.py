@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ import yaml
 
 from degl import checkpoint
 from degl.config import INVOCATION_KEYS, METHODS, TrainConfig
+from degl.control import Interrupted
 from degl.errors import UserError
 from degl.rundir import write_json
 from degl.runtime.dist import default_threads
@@ -71,6 +74,42 @@ def run_one(cfg: TrainConfig) -> dict[str, Any]:
     return resume(Path(cfg.out), {k: getattr(cfg, k) for k in RESUME_OVERRIDES})[0]  # type: ignore[arg-type]
 
 
+_CHILDREN: set[subprocess.Popen] = set()
+_CHILDREN_LOCK = threading.Lock()
+_STOPPING = threading.Event()
+
+
+class _StopChildren:
+    """While runs train in child processes: Ctrl-C or SIGTERM asks every child to checkpoint and stop.
+
+    Children get SIGTERM, never a second SIGINT: a terminal's Ctrl-C already reached them, and two
+    SIGINTs would make them abort without a checkpoint.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopChildren:
+        _STOPPING.clear()
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.requested = True
+        with _CHILDREN_LOCK:
+            _STOPPING.set()
+            for child in _CHILDREN:
+                if child.poll() is None:
+                    child.send_signal(signal.SIGTERM)
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
 def run_in_subprocess(cfg: TrainConfig) -> dict[str, Any]:
     """:func:`run_one` in a child process (for ``--parallel``): same reuse/resume rules."""
     action, summary = plan(cfg)
@@ -89,9 +128,20 @@ def run_in_subprocess(cfg: TrainConfig) -> dict[str, Any]:
                 for k in ("threads", "device")
                 if getattr(cfg, k) is not None
             ]
-        done = subprocess.run(command)
-    if done.returncode != 0:
-        raise UserError(f"the run in {cfg.out} failed (exit status {done.returncode}); see its output above")
+        with _CHILDREN_LOCK:
+            if _STOPPING.is_set():  # stopped before this run started: leave it for the next invocation
+                raise Interrupted(Path(cfg.out))
+            child = subprocess.Popen(command)
+            _CHILDREN.add(child)
+        try:
+            returncode = child.wait()
+        finally:
+            with _CHILDREN_LOCK:
+                _CHILDREN.discard(child)
+    if returncode == 130:
+        raise Interrupted(Path(cfg.out))
+    if returncode != 0:
+        raise UserError(f"the run in {cfg.out} failed (exit status {returncode}); see its output above")
     return json.loads((Path(cfg.out) / "summary.json").read_text())
 
 
@@ -116,11 +166,15 @@ def compare(base: TrainConfig, methods: list[str], seeds: list[int], out: Path, 
     else:
         threads = base.threads or default_threads(parallel)
         order = sorted(jobs, key=lambda key: -_COST[key[0]])
-        with concurrent.futures.ThreadPoolExecutor(parallel) as pool:
+        with _StopChildren() as stop, concurrent.futures.ThreadPoolExecutor(parallel) as pool:
             futures = {
                 key: pool.submit(run_in_subprocess, replace(jobs[key], threads=threads, progress=False))
                 for key in order
             }
+            # Wait for all of them, so that a stop request reaches runs that had not started yet.
+            concurrent.futures.wait(futures.values())
+            if stop.requested:
+                raise Interrupted(out, resume_hint="the same degl compare command (finished runs are reused)")
             results = {key: futures[key].result() for key in jobs}
     summaries = {m: [results[(m, s)] for s in seeds] for m in methods}
     table: dict[str, Any] = {}

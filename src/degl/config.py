@@ -95,6 +95,13 @@ class TrainConfig:
         default=224, metadata=_opt("imagenet: crop side in pixels (evaluation resizes to size*256/224 first)")
     )
     data_workers: int = field(default=4, metadata=_opt("imagenet: loader worker processes (0: none)"))
+    feature_cache_gb: float = field(
+        default=2.0,
+        metadata=_opt(
+            "sgl without augmentation: keep the frozen stages' training-set features in memory up to "
+            "this many GiB instead of recomputing them every batch (0: always recompute)"
+        ),
+    )
     augment: bool = field(default=True, metadata=_opt("random crop (+flip where it makes sense) on training batches"))
     train_size: int | None = field(default=None, metadata=_opt("use only the first N training samples"))
     input_shape: str = field(default="3,32,32", metadata=_opt("synthetic data: C,H,W"))
@@ -163,6 +170,7 @@ INVOCATION_KEYS = frozenset(
         "device",
         "out",
         "data_workers",
+        "feature_cache_gb",
         "download",
         "workers",
         "fault_timeout",
@@ -329,6 +337,8 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError(f"--max-in-flight must be a positive integer, got {cfg.max_in_flight}")
     if cfg.data_workers < 0:
         raise UserError(f"--data-workers must be 0 or more, got {cfg.data_workers}")
+    if cfg.feature_cache_gb < 0:
+        raise UserError(f"--feature-cache-gb must be 0 or more, got {cfg.feature_cache_gb}")
     if cfg.weight_decay < 0 or cfg.momentum < 0:
         raise UserError("--weight-decay and --momentum must not be negative")
     parse_shape(cfg.input_shape)

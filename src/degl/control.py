@@ -41,8 +41,9 @@ class StopRequest:
 class Interrupted(Exception):
     """Raised after the checkpoint is written when training was stopped by a signal."""
 
-    def __init__(self, run_dir: Path) -> None:
-        super().__init__(f"interrupted; checkpoint saved, continue with: degl train --resume {run_dir}")
+    def __init__(self, run_dir: Path, resume_hint: str | None = None) -> None:
+        hint = resume_hint or f"degl train --resume {run_dir}"
+        super().__init__(f"interrupted; checkpoint saved, continue with: {hint}")
         self.run_dir = run_dir
 
 

@@ -18,6 +18,9 @@ from degl import checkpoint
 from degl.config import TrainConfig
 from degl.control import Interrupted, StopRequest, epoch_bar, step_bar
 from degl.core.evaluate import evaluate
+from degl.core.feature_cache import FrozenFeatureCache
+from degl.core.methods import SequentialGreedy
+from degl.data.base import BatchLoader
 from degl.errors import UserError
 from degl.rundir import check_new_run_dir, default_run_dir, write_config
 from degl.runstate import EpochStats, Position, RunState, stage_checkpoint
@@ -32,6 +35,7 @@ class Trainer:
         self.cfg: TrainConfig = setup.cfg
         self.method = setup.method
         self.stats = EpochStats()
+        self.feature_cache = FrozenFeatureCache(setup.train_loader, int(self.cfg.feature_cache_gb * 2**30))
         self.state = RunState(
             self.cfg,
             run_dir,
@@ -89,7 +93,7 @@ class Trainer:
         )
 
     def fit(self) -> dict[str, Any]:
-        cfg, method, loader, state = self.cfg, self.method, self.setup.train_loader, self.state
+        cfg, method, state = self.cfg, self.method, self.state
         steps_here = 0
         start = state.position
         device = self.setup.device
@@ -99,6 +103,7 @@ class Trainer:
         ):
             for phase in range(start.phase, method.num_phases):
                 method.start_phase(phase)
+                loader, step_options = self._phase_loader(phase)
                 for epoch in range(start.epoch if phase == start.phase else 0, cfg.epochs):
                     resumed_mid_epoch = (phase, epoch) == (start.phase, start.epoch) and start.step > 0
                     first_step = start.step if resumed_mid_epoch else 0
@@ -109,7 +114,7 @@ class Trainer:
                     with step_bar(cfg, len(loader), first_step, seed_epoch + 1) as bar:
                         for step, (x, y) in enumerate(loader.epoch(seed_epoch, first_step), first_step):
                             tick = time.perf_counter()
-                            self.stats.add(method.train_step(x, y, phase))
+                            self.stats.add(method.train_step(x, y, phase, **step_options))
                             if device.type == "cuda":
                                 torch.cuda.synchronize(device)
                             state.train_time_s += time.perf_counter() - tick
@@ -132,6 +137,14 @@ class Trainer:
                     if (limit_hit or stop.requested) and not finished:
                         return self._stop(stop.requested)
         return state.write_summary(completed=True)
+
+    def _phase_loader(self, phase: int) -> tuple[BatchLoader, dict[str, Any]]:
+        """The training batches of ``phase``: images, or (sgl) the frozen stages' cached features."""
+        if isinstance(self.method, SequentialGreedy):
+            cached = self.feature_cache.loader_for(phase, self.setup.stages, self.method.precision.autocast)
+            if cached is not None:
+                return cached, {"frozen_applied": True}
+        return self.setup.train_loader, {}
 
     def _stop(self, interrupted: bool) -> dict[str, Any]:
         self.save_checkpoint()

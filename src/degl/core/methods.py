@@ -206,11 +206,16 @@ class SequentialGreedy(LocalLearning):
             stage.train(not frozen)
             stage.requires_grad_(not frozen)
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor, phase: int = 0) -> list[StepResult]:
-        # Frozen stages run without autograd and without their heads: only their features are needed.
-        with torch.no_grad(), self.precision.autocast():
-            for stage in self.stages[:phase]:
-                x = stage.block(x)
+    def train_step(
+        self, x: torch.Tensor, y: torch.Tensor, phase: int = 0, *, frozen_applied: bool = False
+    ) -> list[StepResult]:
+        """Train stage ``phase`` on a batch of images, or, with ``frozen_applied``, of the frozen
+        stages' output (see :mod:`degl.core.feature_cache`)."""
+        if not frozen_applied:
+            # Frozen stages run without autograd and without their heads: only their features are needed.
+            with torch.no_grad(), self.precision.autocast():
+                for stage in self.stages[:phase]:
+                    x = stage.block(x)
         _, result = self.local_step(phase, x, y)
         return [result]
 

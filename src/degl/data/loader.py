@@ -94,11 +94,20 @@ class DeviceLoader:
         generator = torch.Generator().manual_seed(mix_seed(self.seed, epoch))
         return torch.randperm(len(self.labels), generator=generator).to(self.device)
 
-    def epoch(self, epoch: int = 0, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Iterate over the batches of ``epoch``, starting at batch ``start_step``."""
+    def batch_indices(self, epoch: int = 0, start_step: int = 0) -> Iterator[torch.Tensor]:
+        """The sample indices of each batch of ``epoch``, from batch ``start_step`` on."""
         order = self._order(epoch)
         for step in range(start_step, len(self)):
-            index = order[step * self.batch_size : (step + 1) * self.batch_size]
+            yield order[step * self.batch_size : (step + 1) * self.batch_size]
+
+    def samples_in_order(self, chunk: int) -> Iterator[torch.Tensor]:
+        """Every sample of the split, normalised and never augmented, in storage order, ``chunk`` at a time."""
+        for start in range(0, len(self.labels), chunk):
+            yield (self.images[start : start + chunk].float().div_(255) - self.mean) / self.std
+
+    def epoch(self, epoch: int = 0, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Iterate over the batches of ``epoch``, starting at batch ``start_step``."""
+        for step, index in enumerate(self.batch_indices(epoch, start_step), start_step):
             images = self.images[index].float().div_(255)
             if self.augment:
                 generator = torch.Generator().manual_seed(mix_seed(self.seed, epoch, step, 1))
