@@ -103,7 +103,9 @@ class Trainer:
         ):
             for phase in range(start.phase, method.num_phases):
                 method.start_phase(phase)
+                tick = time.perf_counter()
                 loader, step_options = self._phase_loader(phase)
+                state.train_time_s += time.perf_counter() - tick  # filling sgl's feature cache is training work
                 for epoch in range(start.epoch if phase == start.phase else 0, cfg.epochs):
                     resumed_mid_epoch = (phase, epoch) == (start.phase, start.epoch) and start.step > 0
                     first_step = start.step if resumed_mid_epoch else 0
