@@ -131,6 +131,10 @@ BAD_INPUTS = [
     (["--input-shape", "1,2,2"], "cannot take inputs of shape"),
     (["--device", "cuda:7"], "CUDA"),
     (["--epochs", "two"], "invalid int value"),
+    (["--dropout", "0.5"], "model 'cnn4' has no dropout option"),
+    (["--feature-cache-gb", "-1"], "--feature-cache-gb must be 0 or more"),
+    (["--loss-scale-init", "0"], "--loss-scale-init must be positive"),
+    (["--loss-scale-growth-interval", "0"], "--loss-scale-growth-interval at least 1"),
 ]
 
 

@@ -59,6 +59,10 @@ def test_fp16_grad_scalers_are_checkpointed_per_stage(tmp_path, capsys):
                 "2",
                 "--max-steps",
                 "3",
+                "--loss-scale-init",
+                "1024",
+                "--loss-scale-growth-interval",
+                "2",
                 "--out",
                 str(out),
             ]
@@ -67,7 +71,9 @@ def test_fp16_grad_scalers_are_checkpointed_per_stage(tmp_path, capsys):
     )
     path, _ = checkpoint.load_meta(out)
     for k in range(2):
-        assert checkpoint.load_stage(path, k)["scaler"]["scale"] > 0
+        scaler = checkpoint.load_stage(path, k)["scaler"]
+        assert scaler["growth_interval"] == 2
+        assert 0 < scaler["scale"] <= 2048  # started at 1024: at most one doubling in 3 steps
 
 
 @needs_cuda

@@ -248,3 +248,22 @@ def test_width_scales_resnet152():
     linear = backbone.classifier[-1]
     assert linear.in_features == 512
     assert backbone.blocks[1].conv1.out_channels == 16
+
+
+def test_vgg_dropout_is_torchvisions_classifier_dropout_and_only_where_it_exists():
+    plain = build_model("vgg13", width=0.125, input_shape=(3, 32, 32))
+    dropped = build_model("vgg13", width=0.125, input_shape=(3, 32, 32), dropout=0.5)
+    dropouts = [m for m in dropped.classifier if isinstance(m, nn.Dropout)]
+    assert [m.p for m in dropouts] == [0.5, 0.5] and not any(isinstance(m, nn.Dropout) for m in plain.classifier)
+    # torchvision's order: Linear, ReLU, Dropout, Linear, ReLU, Dropout, Linear
+    kinds = [type(m) for m in dropped.classifier if not isinstance(m, (nn.MaxPool2d, nn.Flatten))]
+    assert kinds == [nn.Linear, nn.ReLU, nn.Dropout, nn.Linear, nn.ReLU, nn.Dropout, nn.Linear]
+    features = torch.randn(8, 64, 2, 2)  # the last block's output: 512 x 0.125 channels, 32 / 16 pixels
+    dropped.classifier.eval()
+    assert torch.equal(dropped.classifier(features), dropped.classifier(features))
+    dropped.classifier.train()
+    assert not torch.equal(dropped.classifier(features), dropped.classifier(features))
+    with pytest.raises(UserError, match="applies to: vgg13, vgg19"):
+        build_model("cnn4", width=0.25, input_shape=(1, 28, 28), dropout=0.5)
+    with pytest.raises(UserError, match=r"--dropout must be in \[0, 1\)"):
+        build_model("vgg19", width=0.125, input_shape=(3, 32, 32), dropout=1.0)

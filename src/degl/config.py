@@ -40,6 +40,10 @@ class TrainConfig:
     model: str = field(default="cnn6", metadata=_opt("backbone from the registry (see 'degl models')"))
     width: float = field(default=1.0, metadata=_opt("channel-width multiplier"))
     stages: int = field(default=4, metadata=_opt("number of stages K (ignored by backprop)"))
+    dropout: float = field(
+        default=0.0,
+        metadata=_opt("dropout after the classifier's hidden FC layers (vgg13, vgg19; torchvision's vgg*_bn: 0.5)"),
+    )
     aux: str = field(
         default="mlp-sr",
         metadata=_opt("aux head of stages 1..K-1: mlp, mlp-sr, cnn, linear (or a model's own, e.g. dni)"),
@@ -130,6 +134,14 @@ class TrainConfig:
     seed: int = field(default=0, metadata=_opt("random seed (initialisation, shuffling, augmentation)"))
     device: str = field(default="auto", metadata=_opt("cpu, cuda, cuda:N or auto"))
     precision: str = field(default="fp32", metadata=_opt("arithmetic precision", choices=PRECISIONS))
+    loss_scale_init: float = field(
+        default=2.0**16,
+        metadata=_opt("fp16: initial loss scale of each GradScaler (the paper's ImageNet runs: 4294967296 = 2^32)"),
+    )
+    loss_scale_growth_interval: int = field(
+        default=2000,
+        metadata=_opt("fp16: overflow-free steps before the loss scale doubles (the paper's ImageNet runs: 1000)"),
+    )
     channels_last: bool = field(default=False, metadata=_opt("channels-last memory format for stages and batches"))
     compile: bool = field(default=False, metadata=_opt("torch.compile every stage (slow start, faster steps)"))
     deterministic: bool = field(default=False, metadata=_opt("deterministic algorithms (bit-exact resume on CPU)"))
@@ -337,6 +349,8 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError(f"--max-in-flight must be a positive integer, got {cfg.max_in_flight}")
     if cfg.data_workers < 0:
         raise UserError(f"--data-workers must be 0 or more, got {cfg.data_workers}")
+    if cfg.loss_scale_init <= 0 or cfg.loss_scale_growth_interval < 1:
+        raise UserError("--loss-scale-init must be positive and --loss-scale-growth-interval at least 1")
     if cfg.feature_cache_gb < 0:
         raise UserError(f"--feature-cache-gb must be 0 or more, got {cfg.feature_cache_gb}")
     if cfg.weight_decay < 0 or cfg.momentum < 0:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 
@@ -74,7 +75,9 @@ def load_data(cfg: TrainConfig) -> Dataset:
 def make_stages(cfg: TrainConfig, data: Dataset) -> list[Stage]:
     """Stages initialised from ``cfg.seed`` (the same weights in every process that calls this)."""
     torch.manual_seed(cfg.seed)
-    backbone = build_model(cfg.model, width=cfg.width, input_shape=data.input_shape, num_classes=data.num_classes)
+    backbone = build_model(
+        cfg.model, width=cfg.width, input_shape=data.input_shape, num_classes=data.num_classes, dropout=cfg.dropout
+    )
     return build_stages(backbone, num_stages_for(cfg), aux=cfg.aux, cuts=parse_cuts(cfg.cuts), split=cfg.split)
 
 
@@ -114,6 +117,19 @@ def optim_settings(cfg: TrainConfig, steps_per_epoch: int) -> OptimSettings:
     )
 
 
+def method_options(cfg: TrainConfig, settings: OptimSettings, device: torch.device) -> dict[str, Any]:
+    """Keyword arguments of every training method (:class:`degl.core.methods.Method`) for ``cfg``."""
+    return {
+        "make_optimizer": settings.make_optimizer,
+        "make_scheduler": settings.make_scheduler,
+        "precision": cfg.precision,
+        "device": device,
+        "reset_at_decay": cfg.reset_at_decay,
+        "loss_scale_init": cfg.loss_scale_init,
+        "loss_scale_growth_interval": cfg.loss_scale_growth_interval,
+    }
+
+
 @dataclass
 class RunSetup:
     cfg: TrainConfig
@@ -134,15 +150,7 @@ def build_setup(cfg: TrainConfig) -> RunSetup:
     check_async_options(cfg, len(stages))
     train_loader, test_loader = loaders(cfg, data, device)
     settings = optim_settings(cfg, len(train_loader))
-    method = build_method(
-        cfg.method,
-        stages,
-        make_optimizer=settings.make_optimizer,
-        make_scheduler=settings.make_scheduler,
-        precision=cfg.precision,
-        device=device,
-        reset_at_decay=cfg.reset_at_decay,
-    )
+    method = build_method(cfg.method, stages, **method_options(cfg, settings, device))
     return RunSetup(cfg, device, data, stages, method, train_loader, test_loader)
 
 

@@ -35,12 +35,15 @@ class StepResult:
 class Precision:
     """Autocast context and gradient scaling for one precision setting."""
 
-    def __init__(self, precision: str, device: torch.device) -> None:
+    def __init__(
+        self, precision: str, device: torch.device, *, init_scale: float = 2.0**16, growth_interval: int = 2000
+    ) -> None:
         if precision not in PRECISION_DTYPES:
             raise UserError(f"unknown precision {precision!r}; choose fp32, bf16 or fp16")
         self.name = precision
         self.device_type = device.type
         self.dtype = PRECISION_DTYPES[precision]
+        self.init_scale, self.growth_interval = init_scale, growth_interval
         if precision == "fp16" and device.type == "cpu":
             raise UserError("--precision fp16 needs a CUDA device; use bf16 on the CPU")
 
@@ -50,7 +53,9 @@ class Precision:
         return torch.autocast(self.device_type, dtype=self.dtype)
 
     def make_scaler(self) -> torch.amp.GradScaler | None:
-        return torch.amp.GradScaler(self.device_type) if self.name == "fp16" else None
+        if self.name != "fp16":
+            return None
+        return torch.amp.GradScaler(self.device_type, init_scale=self.init_scale, growth_interval=self.growth_interval)
 
 
 class Method:
@@ -67,11 +72,15 @@ class Method:
         precision: str = "fp32",
         device: torch.device | str = "cpu",
         reset_at_decay: bool = False,
+        loss_scale_init: float = 2.0**16,
+        loss_scale_growth_interval: int = 2000,
     ) -> None:
         self.stages = list(stages)
         self.reset_at_decay = reset_at_decay
         self.device = torch.device(device)
-        self.precision = Precision(precision, self.device)
+        self.precision = Precision(
+            precision, self.device, init_scale=loss_scale_init, growth_interval=loss_scale_growth_interval
+        )
         self._make_optimizer = make_optimizer
         self._make_scheduler = make_scheduler
 

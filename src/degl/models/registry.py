@@ -6,6 +6,7 @@ consecutive blocks (see :mod:`degl.core.split`); the classifier is the last stag
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -103,18 +104,30 @@ def build_model(
     width: float = 1.0,
     input_shape: tuple[int, int, int] | None = None,
     num_classes: int = 10,
+    dropout: float = 0.0,
 ) -> Backbone:
-    """Build the registered backbone ``name`` for inputs of ``input_shape`` and ``num_classes`` classes."""
+    """Build the registered backbone ``name`` for inputs of ``input_shape`` and ``num_classes`` classes.
+
+    ``dropout`` goes to models whose builder takes it (the VGGs' classifier); elsewhere it must be 0.
+    """
     entry = model_entry(name)
     if width <= 0:
         raise UserError(f"--width must be positive, got {width}")
+    options: dict[str, float] = {}
+    if dropout:
+        if not 0 < dropout < 1:
+            raise UserError(f"--dropout must be in [0, 1), got {dropout}")
+        if "dropout" not in inspect.signature(entry.builder).parameters:
+            takers = [n for n, e in _REGISTRY.items() if "dropout" in inspect.signature(e.builder).parameters]
+            raise UserError(f"model {name!r} has no dropout option; --dropout applies to: {', '.join(takers)}")
+        options["dropout"] = dropout
     if num_classes < 2:
         raise UserError(f"need at least 2 classes, got {num_classes}")
     shape = tuple(input_shape) if input_shape is not None else entry.default_input_shape
     if len(shape) != 3 or min(shape) < 1:
         raise UserError(f"input shape must be C,H,W with positive sizes, got {shape}")
     try:
-        backbone = entry.builder(width=width, input_shape=shape, num_classes=num_classes)
+        backbone = entry.builder(width=width, input_shape=shape, num_classes=num_classes, **options)
         _probe(backbone)
     except RuntimeError as exc:
         raise UserError(

@@ -7,7 +7,8 @@ block, so a stage boundary never falls between a pool and its conv. VGG-13 has 1
 trailing remainder of two or more convs when grouping, every block always belongs to a stage.
 
 The classifier is the paper's last head: max-pool, flatten, FC 4096, ReLU, FC 4096, ReLU, FC --
-without the dropout of torchvision's ``vgg*_bn``. Its input size comes from the real feature map
+without the dropout of torchvision's ``vgg*_bn`` unless ``--dropout`` asks for it (the backprop
+baselines' recipes do). Its input size comes from the real feature map
 (25088 = 512x7x7 at 224x224), so smaller inputs such as 3x32x32 work. The width multiplier scales
 every conv and the two hidden FC layers.
 """
@@ -41,8 +42,13 @@ def vgg(
     input_shape: tuple[int, int, int],
     num_classes: int,
     paper_cuts: dict[int, tuple[int, ...]],
+    dropout: float = 0.0,
 ) -> Backbone:
-    """Blocks of [max-pool?] conv-BN-ReLU following ``config``; the final pool is in the classifier."""
+    """Blocks of [max-pool?] conv-BN-ReLU following ``config``; the final pool is in the classifier.
+
+    ``dropout`` > 0 adds dropout after each hidden FC layer's ReLU, as torchvision's ``vgg*_bn``
+    (0.5) that the paper's backprop baselines used.
+    """
     in_channels, height, width_px = input_shape
     blocks: list[nn.Module] = []
     pool = False
@@ -66,13 +72,16 @@ def vgg(
             f"{name} halves the input 5 times; input {tuple(input_shape)} is too small (use at least 32x32)"
         )
     hidden = channels(4096, width)
+    drop: list[nn.Module] = [nn.Dropout(dropout)] if dropout else []
     classifier = nn.Sequential(
         nn.MaxPool2d(2),
         nn.Flatten(),
         nn.Linear(in_channels * height * width_px, hidden),
         nn.ReLU(inplace=True),
+        *drop,
         nn.Linear(hidden, hidden),
         nn.ReLU(inplace=True),
+        *drop,
         nn.Linear(hidden, num_classes),
     )
     for module in [*blocks, classifier]:
@@ -86,7 +95,9 @@ def vgg(
     default_input_shape=_IMAGENET,
     test_input_shape=_SMALL,
 )
-def vgg13(*, width: float = 1.0, input_shape: tuple[int, int, int] = _IMAGENET, num_classes: int = 1000) -> Backbone:
+def vgg13(
+    *, width: float = 1.0, input_shape: tuple[int, int, int] = _IMAGENET, num_classes: int = 1000, dropout: float = 0.0
+) -> Backbone:
     # K=4 is the paper's block_size 3: [c64 c64 M-c128] [c128 M-c256 c256] [M-c512 c512 M-c512] [c512].
     cuts = {4: (3, 6, 9), 10: tuple(range(1, 10))}
     return vgg(
@@ -96,6 +107,7 @@ def vgg13(*, width: float = 1.0, input_shape: tuple[int, int, int] = _IMAGENET, 
         input_shape=input_shape,
         num_classes=num_classes,
         paper_cuts=cuts,
+        dropout=dropout,
     )
 
 
@@ -105,7 +117,9 @@ def vgg13(*, width: float = 1.0, input_shape: tuple[int, int, int] = _IMAGENET, 
     default_input_shape=_IMAGENET,
     test_input_shape=_SMALL,
 )
-def vgg19(*, width: float = 1.0, input_shape: tuple[int, int, int] = _IMAGENET, num_classes: int = 1000) -> Backbone:
+def vgg19(
+    *, width: float = 1.0, input_shape: tuple[int, int, int] = _IMAGENET, num_classes: int = 1000, dropout: float = 0.0
+) -> Backbone:
     # K=4 is block_size 4 and K=2 block_size 8; K=16 one stage per conv.
     cuts = {2: (8,), 4: (4, 8, 12), 16: tuple(range(1, 16))}
     return vgg(
@@ -115,4 +129,5 @@ def vgg19(*, width: float = 1.0, input_shape: tuple[int, int, int] = _IMAGENET, 
         input_shape=input_shape,
         num_classes=num_classes,
         paper_cuts=cuts,
+        dropout=dropout,
     )

@@ -33,7 +33,7 @@ from degl.core.methods import DGL
 from degl.runstate import EpochStats, Position, RunState, stage_checkpoint
 from degl.runtime.dist import DistEnv, staging_device
 from degl.runtime.transport import Inbox, Outbox, TensorSpec
-from degl.setup import loaders, make_stages, optim_settings, prepare_stage
+from degl.setup import loaders, make_stages, method_options, optim_settings, prepare_stage
 
 DATA, STOP = 0, 1
 WIRE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -90,14 +90,7 @@ class PipelineRank:
         self.out_shape = self.stage.out_shape
         del stages
         settings = optim_settings(cfg, info.num_train_batches)
-        self.method = DGL(
-            [self.stage],
-            make_optimizer=settings.make_optimizer,
-            make_scheduler=settings.make_scheduler,
-            precision=cfg.precision,
-            device=device,
-            reset_at_decay=cfg.reset_at_decay,
-        )
+        self.method = DGL([self.stage], **method_options(cfg, settings, device))
         self.wire = WIRE_DTYPES[cfg.precision]
         self.slowdown = parse_slowdowns(cfg.slowdown, self.world).get(self.rank, 1.0)
         self.staging = staging_device(device)
