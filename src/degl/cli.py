@@ -236,8 +236,10 @@ def run_eval(args: argparse.Namespace) -> int:
     from degl.evaluation import evaluate_run
 
     result = evaluate_run(Path(args.run), device=args.device, data_dir=args.data_dir)
-    for stage, acc, ens in zip(result["stages"], result["test_acc_per_stage"], result["test_ensemble_acc_per_stage"]):
-        print(f"stage {stage}: test acc {acc:.2f}%  (ensemble of heads 0..{stage}: {ens:.2f}%)")
+    keys = ("stages", "test_acc_per_stage", "test_acc5_per_stage", "test_ensemble_acc_per_stage")
+    rows = zip(*(result[key] for key in keys))
+    for stage, acc, acc5, ens in rows:
+        print(f"stage {stage}: test acc {acc:.2f}% (top-5 {acc5:.2f}%)  (ensemble of heads 0..{stage}: {ens:.2f}%)")
     print(json.dumps(result))
     return 0
 

@@ -42,5 +42,7 @@ def evaluate_run(run_dir: Path, *, device: str | None = None, data_dir: str | No
         "test_loss_per_stage": result.loss,
         "test_ensemble_acc_per_stage": result.ensemble_acc,
         "test_acc": result.acc[-1],
+        "test_acc5_per_stage": result.acc5,
+        "test_acc5": result.acc5[-1],
         "samples": result.count,
     }

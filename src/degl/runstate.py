@@ -157,6 +157,9 @@ class RunState:
             "test_acc": per_stage[-1] if per_stage else None,
             "test_acc_per_stage": per_stage,
             "test_acc_ensemble": self.last_eval[evaluated[-1]]["ensemble_acc"] if evaluated else None,
+            # .get: runs checkpointed before top-5 existed resume without it
+            "test_acc5": self.last_eval[evaluated[-1]].get("acc5") if evaluated else None,
+            "test_acc5_per_stage": [self.last_eval[s].get("acc5") for s in evaluated],
             "train_time_s": round(self.train_time_s, 3),
             "samples_per_s": round(samples / self.train_time_s, 1) if self.train_time_s > 0 else None,
             "stage_blocks": [s["blocks"] for s in self.stage_info],

@@ -14,7 +14,8 @@ from degl.core.stage import Stage
 
 @dataclass
 class EvalResult:
-    """Per evaluated stage: mean cross-entropy, accuracy and ensemble accuracy (percent, 0-100).
+    """Per evaluated stage: mean cross-entropy, top-1 and top-5 accuracy and ensemble accuracy
+    (percent, 0-100; top-5 is top-C with fewer than 5 classes).
 
     ``ensemble_acc[k]`` is the accuracy of the softmax average of heads ``0..k`` weighted by
     ``2^i`` (the paper's ensemble), over the evaluated stages up to ``k``.
@@ -25,11 +26,12 @@ class EvalResult:
     acc: list[float]
     ensemble_acc: list[float]
     count: int
+    acc5: list[float]
 
     def by_stage(self) -> dict[int, dict[str, float]]:
         return {
-            s: {"loss": loss, "acc": acc, "ensemble_acc": ens}
-            for s, loss, acc, ens in zip(self.stages, self.loss, self.acc, self.ensemble_acc)
+            s: {"loss": loss, "acc": acc, "acc5": acc5, "ensemble_acc": ens}
+            for s, loss, acc, acc5, ens in zip(self.stages, self.loss, self.acc, self.acc5, self.ensemble_acc)
         }
 
 
@@ -40,6 +42,7 @@ class EvalAccumulator:
         self.stages = list(stages)
         self.loss_sum = [0.0] * len(self.stages)
         self.correct = [0] * len(self.stages)
+        self.correct5 = [0] * len(self.stages)
         self.ensemble_correct = [0] * len(self.stages)
         self.count = 0
 
@@ -47,6 +50,8 @@ class EvalAccumulator:
         logits = logits.float()
         self.loss_sum[position] += F.cross_entropy(logits, y, reduction="sum").item()
         self.correct[position] += (logits.argmax(1) == y).sum().item()
+        top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        self.correct5[position] += (top5 == y[:, None]).any(dim=1).sum().item()
         self.ensemble_correct[position] += (ensemble.argmax(1) == y).sum().item()
 
     def result(self) -> EvalResult:
@@ -57,6 +62,7 @@ class EvalAccumulator:
             acc=[100.0 * c / n for c in self.correct],
             ensemble_acc=[100.0 * c / n for c in self.ensemble_correct],
             count=self.count,
+            acc5=[100.0 * c / n for c in self.correct5],
         )
 
 
