@@ -17,6 +17,7 @@ import re
 import statistics
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ import torch
 
 from degl.compare import run_one
 from degl.config import make_config
+from degl.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "benchmarks" / "results"
@@ -167,3 +169,12 @@ def write_results(results_dir: str | Path, stem: str, markdown: str, data: dict[
     md.write_text(markdown)
     js.write_text(json.dumps(data, indent=2) + "\n")
     return md, js
+
+
+def run_script(main: Callable[[], int]) -> int:
+    """Run a study's ``main``; a user error (bad option, clashing run directory) is one line, exit 2."""
+    try:
+        return main()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

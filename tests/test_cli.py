@@ -279,3 +279,14 @@ def test_sigterm_to_a_parallel_compare_stops_its_children_with_checkpoints(tmp_p
         assert checkpoint.load_meta(run)[1]["global_step"] > 0
         assert not json.loads((run / "summary.json").read_text())["completed"]
     assert not (out / "backprop-seed0").exists()  # queued behind the others: never started
+
+
+def test_runs_saved_before_an_option_existed_are_still_reused():
+    from degl.compare import _same_run
+    from degl.config import TrainConfig
+
+    current = TrainConfig().to_dict()
+    older = {k: v for k, v in current.items() if k not in ("dropout", "loss_scale_init")}
+    assert _same_run(older, current)
+    assert not _same_run(older, {**current, "dropout": 0.5})  # a new option set to a non-default value
+    assert not _same_run(current, {**current, "lr": current["lr"] / 2})

@@ -14,6 +14,7 @@ import torch
 from conftest import SYNTH, run_degl
 from degl import checkpoint
 from degl.runtime.dist import free_port
+from degl.runtime.launcher import local_rank_pids
 
 pytestmark = pytest.mark.distributed
 
@@ -76,25 +77,6 @@ def wait_for(predicate, timeout=120.0):
         time.sleep(0.1)
 
 
-def rank_pids(parent_pid):
-    """PIDs of the ranks started by the launcher, by rank."""
-    pids = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) != parent_pid:
-            continue
-        env = dict(item.split(b"=", 1) for item in environ if b"=" in item)
-        if env.get(b"DEGL_WORKER") == b"1":
-            pids[int(env[b"RANK"])] = int(entry)
-    return pids
-
-
 LONG = [
     "--dataset",
     "synthetic",
@@ -133,16 +115,13 @@ def start(tmp_path, *extra, env=None):
 def test_a_killed_rank_stops_every_rank_and_checkpoints_stay_loadable(tmp_path):
     proc, out = start(tmp_path)
     wait_for(lambda: (out / "checkpoints" / "latest").exists())  # one epoch done and saved
-    pids = rank_pids(proc.pid)
+    pids = local_rank_pids(proc.pid)
     assert sorted(pids) == [0, 1, 2]
-    killed_at = time.monotonic()
     os.kill(pids[1], signal.SIGKILL)
-    _, stderr = proc.communicate(timeout=120)
-    elapsed = time.monotonic() - killed_at
+    _, stderr = proc.communicate(timeout=120)  # no hang; the time it takes: benchmarks/fault_stop.py
     assert proc.returncode == 1
     assert "rank 1 (stage 1) was killed by SIGKILL" in stderr
     assert "rank 0 (stage 0): error: sending to rank 1 (stage 1) failed" in stderr
-    assert elapsed < 90
     for pid in pids.values():
         stat = Path(f"/proc/{pid}/stat")
         assert not stat.exists() or stat.read_text().split()[2] == "Z"  # gone, or a zombie awaiting its parent
@@ -163,7 +142,7 @@ def test_a_rank_that_raises_stops_the_others(tmp_path):
 
 def test_ctrl_c_stops_the_pipeline_with_a_checkpoint(tmp_path):
     proc, out = start(tmp_path)
-    wait_for(lambda: (out / "config.yaml").exists() and len(rank_pids(proc.pid)) == 3)
+    wait_for(lambda: (out / "config.yaml").exists() and len(local_rank_pids(proc.pid)) == 3)
     time.sleep(3)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)

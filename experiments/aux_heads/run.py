@@ -130,4 +130,4 @@ def markdown(data: dict[str, Any], argv: list[str] | None) -> str:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(common.run_script(main))

@@ -194,4 +194,4 @@ def plot(data: dict[str, Any], path: Path) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(common.run_script(main))

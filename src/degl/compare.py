@@ -40,6 +40,8 @@ def parse_list(text: str, *, what: str, cast=str) -> list:
 
 
 def _same_run(saved: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    # An option added to degl after the run was saved had its default then.
+    saved = {**TrainConfig().to_dict(), **saved}
     keys = set(saved) | set(wanted)
     return all(saved.get(k) == wanted.get(k) for k in keys - INVOCATION_KEYS)
 

@@ -121,3 +121,25 @@ def _watch(procs: list[subprocess.Popen], fault_timeout: float) -> list[int]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def local_rank_pids(launcher_pid: int) -> dict[int, int]:
+    """PIDs of the ranks that the ``degl train --workers`` process ``launcher_pid`` started, by rank.
+
+    Linux only (reads ``/proc``); for tests, benchmarks and tools that need to signal one rank.
+    """
+    pids = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) != launcher_pid:
+            continue
+        env = dict(item.split(b"=", 1) for item in environ if b"=" in item)
+        if env.get(b"DEGL_WORKER") == b"1":
+            pids[int(env[b"RANK"])] = int(entry)
+    return pids
