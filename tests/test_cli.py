@@ -100,11 +100,47 @@ def test_bench_last_line_is_json(capsys, kind, keys):
     assert keys <= set(result) and result["ratio"] > 0
 
 
+def test_bench_channels_last_trains_in_that_format(capsys):
+    import argparse
+
+    import torch
+
+    from degl.bench import add_common_options, add_single_process_options, build_bench_models
+
+    parser = argparse.ArgumentParser()
+    add_common_options(parser)
+    add_single_process_options(parser)
+    small = ["--model", "cnn4", "--width", "0.125", "--stages", "2", "--batch-size", "4", "--input-shape", "1,16,16"]
+    models = build_bench_models(parser.parse_args([*small, "--channels-last"]))
+    fmt = torch.channels_last
+    assert models.x.is_contiguous(memory_format=fmt)
+    for method in (models.dgl, models.backprop):
+        convs = [m for s in method.stages for m in s.modules() if isinstance(m, torch.nn.Conv2d)]
+        assert convs and all(c.weight.is_contiguous(memory_format=fmt) for c in convs)
+    assert main(["bench", "step", *small, "--warmup", "0", "--repeats", "1", "--channels-last"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["channels_last"] is True
+
+
 def test_memory_bench_dgl_saves_less_than_backprop(capsys):
     assert main(["bench", "memory", "--model", "cnn6", "--width", "0.125", "--stages", "6", "--batch-size", "4"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["dgl_bytes"] == max(result["dgl_stage_bytes"])
     assert result["ratio"] < 0.6
+
+
+BAD_PIPELINE_BENCH = [
+    (["--device", "cuda"], "run it with --device cpu"),
+    (["--precision", "bf16"], "run it without --precision"),
+    (["--workers", "3"], "--workers must equal --stages"),
+    (["--microbatches", "3"], "--microbatches must divide --batch-size 4"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD_PIPELINE_BENCH, ids=[" ".join(a) for a, _ in BAD_PIPELINE_BENCH])
+def test_pipeline_bench_bad_input(capsys, args, message):
+    assert main(["bench", "pipeline", "--model", "cnn4", "--stages", "2", "--batch-size", "4", *args]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("degl: error: ") and message in lines[0], lines
 
 
 def test_python_dash_m_entry_point(tmp_path):

@@ -40,6 +40,13 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="initialisation seed (default: 0)")
 
 
+def add_single_process_options(parser: argparse.ArgumentParser) -> None:
+    """Options of the benchmarks that train both methods in this process (step, memory)."""
+    parser.add_argument(
+        "--channels-last", action="store_true", help="channels-last memory format for the stages and the batch"
+    )
+
+
 def add_bench_parsers(bench: argparse.ArgumentParser) -> None:
     from degl.bench import memory, pipeline, step
 
@@ -77,11 +84,15 @@ def build_bench_models(args: argparse.Namespace) -> BenchModels:
         for s in build_stages(backbone, args.stages, aux=args.aux, cuts=parse_cuts(args.cuts), split=args.split)
     ]
     bp_stages = [s.to(device) for s in build_stages(reference, 1, aux=args.aux)]
-    settings = OptimSettings(lr=0.01, schedule="constant")
-    kwargs = {"make_optimizer": settings.make_optimizer, "precision": args.precision, "device": device}
     generator = torch.Generator().manual_seed(args.seed)
     x = torch.randn(args.batch_size, *shape, generator=generator).to(device)
     y = torch.randint(0, args.num_classes, (args.batch_size,), generator=generator).to(device)
+    if args.channels_last:
+        dgl_stages = [s.to(memory_format=torch.channels_last) for s in dgl_stages]
+        bp_stages = [s.to(memory_format=torch.channels_last) for s in bp_stages]
+        x = x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+    settings = OptimSettings(lr=0.01, schedule="constant")
+    kwargs = {"make_optimizer": settings.make_optimizer, "precision": args.precision, "device": device}
     return BenchModels(Backprop(bp_stages, **kwargs), DGL(dgl_stages, **kwargs), x, y, device)
 
 
@@ -96,6 +107,7 @@ def describe(args: argparse.Namespace, models: BenchModels) -> dict[str, Any]:
         "input_shape": list(parse_shape(args.input_shape)),
         "device": str(models.device),
         "precision": args.precision,
+        "channels_last": args.channels_last,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
     }
@@ -104,7 +116,8 @@ def describe(args: argparse.Namespace, models: BenchModels) -> dict[str, Any]:
 def headline(args: argparse.Namespace, models: BenchModels) -> str:
     return (
         f"{args.model} width {args.width}, K={len(models.dgl.stages)} ({args.aux} aux), "
-        f"batch {args.batch_size}, {args.input_shape}, {models.device}, {torch.get_num_threads()} thread(s)"
+        f"batch {args.batch_size}, {args.input_shape}, {models.device}"
+        f"{', channels-last' if args.channels_last else ''}, {torch.get_num_threads()} thread(s)"
     )
 
 

@@ -6,7 +6,7 @@ import argparse
 
 import torch
 
-from degl.bench import add_common_options, build_bench_models, describe, emit, headline
+from degl.bench import add_common_options, add_single_process_options, build_bench_models, describe, emit, headline
 from degl.core.measure import SavedActivationMeter
 from degl.core.methods import Method
 
@@ -14,6 +14,7 @@ from degl.core.methods import Method
 def add_parser(kinds: argparse._SubParsersAction) -> None:
     parser = kinds.add_parser("memory", help="peak activation bytes saved for backward, dgl vs backprop")
     add_common_options(parser)
+    add_single_process_options(parser)
     parser.set_defaults(bench_func=run)
 
 

@@ -82,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--steps must be >= 2, --warmup >= 1 and --rounds >= 1")
     if args.device != "cpu":
         raise UserError("degl bench pipeline measures CPU processes over gloo; run it with --device cpu")
+    if args.precision != "fp32":
+        raise UserError("degl bench pipeline measures fp32 training; run it without --precision")
     microbatches = [int(m) for m in args.microbatches.split(",")]
     if any(m < 1 or args.batch_size % m for m in microbatches):
         raise UserError(f"--microbatches must divide --batch-size {args.batch_size}, got {args.microbatches}")

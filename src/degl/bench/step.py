@@ -9,13 +9,14 @@ from collections.abc import Callable
 
 import torch
 
-from degl.bench import add_common_options, build_bench_models, describe, emit, headline
+from degl.bench import add_common_options, add_single_process_options, build_bench_models, describe, emit, headline
 from degl.errors import UserError
 
 
 def add_parser(kinds: argparse._SubParsersAction) -> None:
     parser = kinds.add_parser("step", help="ms per training step of dgl and backprop on the same backbone")
     add_common_options(parser)
+    add_single_process_options(parser)
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per method first (default: 3)")
     parser.add_argument("--repeats", type=int, default=15, help="timed steps per method (default: 15)")
     parser.set_defaults(bench_func=run)
