@@ -20,8 +20,8 @@ data: $(STAMP)
 	@PYTHON=$(BIN)/python sh scripts/install-data.sh
 
 demo: install
-	$(BIN)/degl compare --methods dgl,backprop,sgl --model cnn4 --width 0.25 --stages 4 --epochs 6 --parallel 2 \
-		--no-augment --out runs/demo
+	$(BIN)/degl compare --methods dgl,backprop,sgl --model cnn6 --width 0.125 --stages 4 --epochs 6 \
+		--aux mlp --parallel 2 --no-augment --channels-last --out runs/demo
 
 test: install
 	DEGL_REQUIRE_DATA=1 $(BIN)/pytest -q
