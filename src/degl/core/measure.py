@@ -6,6 +6,7 @@ from collections.abc import Iterable
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 
@@ -38,9 +39,19 @@ def train_time(module: nn.Module, x: torch.Tensor, *, repeats: int = 3, loss: st
 
 
 def count_flops(module: nn.Module, x: torch.Tensor) -> int:
-    """FLOPs of one forward pass of ``module`` on ``x`` (matmul/conv FLOPs = 2 x MACs)."""
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        module(x)
+    """FLOPs of one forward pass of ``module`` on ``x`` (matmul/conv FLOPs = 2 x MACs).
+
+    Attention is counted through its unfused form: the eval-mode fast path of
+    ``nn.MultiheadAttention`` and the flash kernel behind ``scaled_dot_product_attention`` on CPU
+    are single ops the counter has no formula for, so a ViT's attention would count as free.
+    """
+    fast_path = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with sdpa_kernel([SDPBackend.MATH]), FlopCounterMode(display=False) as counter, torch.no_grad():
+            module(x)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast_path)
     return int(counter.get_total_flops())
 
 

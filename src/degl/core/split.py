@@ -1,8 +1,10 @@
-"""Cut a backbone (or any ``nn.Sequential``) into K stages.
+"""Cut a backbone, an ``nn.Sequential`` or any traceable ``nn.Module`` into K stages.
 
-Cuts are block indices where a new stage starts. They are given explicitly, taken from the paper
-for the model, or chosen to balance a measured per-block cost (FLOPs from
-``torch.utils.flop_counter``, or bytes saved for backward). No block is ever dropped.
+Cuts are block indices where a new stage starts. They are given explicitly (as indices, or as the
+submodule names where stages begin: ``split_at``), taken from the paper for the model, or chosen to
+balance a measured per-block cost (FLOPs from ``torch.utils.flop_counter``, or bytes saved for
+backward). No block is ever dropped. Any other ``nn.Module`` is first traced into blocks at its
+natural boundaries (:func:`degl.models.traced.trace_backbone`).
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ from torch import nn
 from degl.core.measure import count_flops, saved_activation_bytes, train_time
 from degl.core.stage import Stage
 from degl.errors import UserError
+from degl.models.backbone import resolve_split_at
 from degl.models.heads import build_head
 from degl.models.registry import Backbone
+from degl.models.traced import trace_backbone
 
 
 def time_input(x: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -36,18 +40,30 @@ def block_costs(
     costs: list[float] = []
     shapes: list[tuple[int, ...]] = []
     x = torch.zeros(2, *input_shape)
-    for block in blocks:
+    for index, block in enumerate(blocks):
         probe = copy.deepcopy(block).train()
-        if measure == "flops":
-            costs.append(count_flops(probe, x) / 2)
-        elif measure == "memory":
-            costs.append(saved_activation_bytes(probe, x) / 2)
-        elif measure == "time":
-            costs.append(train_time(probe, time_input(x, batch_size)))
-        else:
-            costs.append(1.0)
-        with torch.no_grad():
-            x = probe(x)
+        try:
+            if measure == "flops":
+                costs.append(count_flops(probe, x) / 2)
+            elif measure == "memory":
+                costs.append(saved_activation_bytes(probe, x) / 2)
+            elif measure == "time":
+                costs.append(train_time(probe, time_input(x, batch_size)))
+            else:
+                costs.append(1.0)
+            with torch.no_grad():
+                out = probe(x)
+        except RuntimeError as exc:
+            # Typically the children of a model whose forward does more than call them in turn
+            # (torchvision's ResNet flattens before fc): tracing the model itself keeps that.
+            raise UserError(
+                f"block {index} ({type(block).__name__}) fails on its input of shape {tuple(x.shape[1:])} "
+                f"(model input {tuple(input_shape)}): {str(exc).strip().splitlines()[0]}; if these blocks are "
+                "a model's children, pass the model itself to build_stages, which traces its forward"
+            ) from None
+        if not isinstance(out, torch.Tensor):
+            raise UserError(f"block {index} ({type(block).__name__}) returns a {type(out).__name__}, not a tensor")
+        x = out
         shapes.append(tuple(x.shape[1:]))
     return costs, shapes
 
@@ -124,8 +140,8 @@ def split_blocks(
 
 
 def build_stages(
-    model: Backbone | nn.Sequential,
-    num_stages: int,
+    model: nn.Module,
+    num_stages: int | None = None,
     *,
     aux: str = "mlp-sr",
     num_classes: int | None = None,
@@ -134,22 +150,33 @@ def build_stages(
     split: str = "auto",
     classifier: nn.Module | None = None,
     time_batch: int = 32,
+    split_at: Sequence[str] | None = None,
 ) -> list[Stage]:
     """Cut ``model`` into ``num_stages`` stages with aux heads.
 
     Args:
-        model: a registered :class:`Backbone` or any ``nn.Sequential`` (each child is a block).
-        num_stages: K.
+        model: a registered :class:`Backbone`, an ``nn.Sequential`` (each child is a block), or any
+            other ``nn.Module`` traceable by ``torch.fx`` (cut at its natural block boundaries;
+            chaining the stages' blocks and the last head reproduces ``model(x)``).
+        num_stages: K; may be left out when ``split_at`` is given (K = len(split_at) + 1).
         aux: head of stages 0..K-2 (``mlp``, ``mlp-sr``, ``cnn`` or ``linear``).
-        num_classes: needed for an ``nn.Sequential``.
-        input_shape: per-sample input shape; needed for an ``nn.Sequential``.
+        num_classes: needed for an ``nn.Sequential``; for a traced module, checked against its output.
+        input_shape: per-sample input shape; needed for an ``nn.Sequential`` or a traced module.
         cuts: block indices where stages 1..K-1 start; overrides ``split``.
         split: ``auto`` (paper cut when known, else ``flops``), ``flops``, ``memory`` (bytes saved
             for backward), ``blocks`` (equal counts) or ``time`` (measured training time of each
             block plus the head it would feed, on batches of ``time_batch``).
         classifier: head of the last stage; defaults to the backbone's classifier, or an ``aux``
             head for an ``nn.Sequential``.
+        split_at: qualified submodule names where stages 1..K-1 begin (``["layer2", "layer4"]``;
+            ``Backbone.block_names`` lists them; for an ``nn.Sequential``, its child names).
     """
+    if not isinstance(model, (Backbone, nn.Module)):
+        raise UserError(f"build_stages needs an nn.Module or a Backbone, got a {type(model).__name__}")
+    if not isinstance(model, (Backbone, nn.Sequential)):
+        if input_shape is None:
+            raise UserError(f"build_stages on a {type(model).__name__} needs input_shape (one sample's shape)")
+        model = trace_backbone(model, input_shape, num_classes)
     if isinstance(model, Backbone):
         blocks = list(model.blocks)
         shape = tuple(input_shape or model.input_shape)
@@ -157,7 +184,9 @@ def build_stages(
         paper_cuts = model.paper_cuts
         extra_heads = model.extra_heads
         if num_classes is None:
-            num_classes = _out_features(model.classifier)
+            num_classes = model.num_classes or _out_features(model.classifier)
+        names = model.block_names
+        resolve = model.cuts_for
     else:
         blocks = list(model.children())
         if input_shape is None or num_classes is None:
@@ -165,6 +194,25 @@ def build_stages(
         shape = tuple(input_shape)
         head = classifier
         paper_cuts, extra_heads = {}, {}
+        names = [name for name, _ in model.named_children()]
+        module_names = frozenset(name for name, _ in model.named_modules() if name)
+
+        def resolve(split_at: Sequence[str]) -> list[int]:
+            return resolve_split_at(split_at, names, None, module_names)
+
+    if split_at is not None:
+        split_at = list(split_at)
+        if num_stages is not None and num_stages != len(split_at) + 1:
+            raise UserError(
+                f"split_at names {len(split_at)} split point(s), which make {len(split_at) + 1} stages, "
+                f"but num_stages is {num_stages}; give one of them, or make them agree"
+            )
+        if cuts is not None:
+            raise UserError("give either cuts (block indices) or split_at (names), not both")
+        num_stages = len(split_at) + 1
+        cuts = resolve(split_at)
+    if num_stages is None:
+        raise UserError("build_stages needs num_stages, or split_at (the names where stages 2..K begin)")
     if not blocks:
         raise UserError("the model has no blocks to split")
     if split == "auto":
@@ -188,6 +236,14 @@ def build_stages(
         ]
         cuts = balanced_cuts(costs, num_stages, end_costs)
     groups = split_blocks(len(blocks), num_stages, cuts=cuts, costs=None if split == "blocks" else costs)
+    if split_at is not None:
+        # Registry nets may have parameter-free blocks (a ReLU); a stage of only those is a mistake.
+        for index, group in enumerate(groups):
+            if not any(True for i in group for _ in blocks[i].parameters()):
+                raise UserError(
+                    f"split_at: stage {index} (blocks {', '.join(names[i] for i in group)}) has no parameters; "
+                    "move its split points"
+                )
     stages: list[Stage] = []
     in_shape = shape
     for index, group in enumerate(groups):

@@ -8,6 +8,9 @@ Conventions (those of paper-spec §2, so the figures compare directly):
   matmuls and convolutions count; BN, ReLU, pooling and additions are free.
 - The **main network** is the blocks only. Its classifier is reported separately
   (``classifier_macs``): the paper's "main MACs" (e.g. VGG-13 11.2G, cnn6 607.5M) exclude it.
+- ``model_macs`` is the whole network counted in one piece (the traced model itself, or the
+  blocks and classifier end to end); it equals ``total_macs + classifier_macs`` when the split
+  neither drops nor repeats work, which the tests check.
 - ``aux_ratio`` = MACs of the aux heads of stages 0..K-2 (the heads DGL adds) / main MACs; the last
   stage's head is the classifier, which backprop has too. Some of the paper's figures count every
   head including the last one (cnn6 and greedynet: "aux 5.45%"); that is
@@ -34,6 +37,8 @@ class StageStats:
 
     index: int
     blocks: list[int]
+    name: str
+    """Where the stage begins: the name of its first block (a submodule name for traced models)."""
     in_shape: list[int]
     out_shape: list[int]
     params: int
@@ -53,6 +58,8 @@ class ModelStats:
     aux: str
     stages: list[StageStats]
     cuts: list[int] = field(default_factory=list)
+    cut_names: list[str] = field(default_factory=list)
+    model_macs: int = 0
 
     @property
     def total_macs(self) -> int:
@@ -95,6 +102,7 @@ class ModelStats:
             "num_stages": len(self.stages),
             "aux": self.aux,
             "cuts": self.cuts,
+            "cut_names": self.cut_names,
             "stages": [asdict(s) for s in self.stages],
             "total_macs": self.total_macs,
             "total_params": self.total_params,
@@ -102,6 +110,7 @@ class ModelStats:
             "aux_params": self.aux_params,
             "classifier_macs": self.classifier_macs,
             "classifier_params": self.classifier_params,
+            "model_macs": self.model_macs,
             "aux_ratio": self.aux_ratio,
             "all_heads_ratio": self.all_heads_ratio,
         }
@@ -111,18 +120,21 @@ class ModelStats:
         shape = "x".join(map(str, self.input_shape))
         lines = [
             f"{self.model}: {len(self.stages)} stage(s), input {shape}, {self.num_classes} classes, "
-            f"aux {self.aux}, cuts {','.join(map(str, self.cuts)) or '-'}",
+            f"aux {self.aux}, cuts {','.join(map(str, self.cuts)) or '-'}"
+            + (f" (stages begin at {', '.join(self.cut_names)})" if self.cut_names else ""),
             f"{'stage':>5}  {'blocks':>7}  {'out shape':>14}  {'params':>8}  {'MACs':>8}  "
-            f"{'head':>10}  {'head params':>11}  {'head MACs':>9}",
+            f"{'head':>10}  {'head params':>11}  {'head MACs':>9}  begins at",
         ]
         for s in self.stages:
             blocks = f"{s.blocks[0]}-{s.blocks[-1]}" if len(s.blocks) > 1 else str(s.blocks[0])
             lines.append(
                 f"{s.index:>5}  {blocks:>7}  {'x'.join(map(str, s.out_shape)):>14}  {human(s.params):>8}  "
-                f"{human(s.macs):>8}  {s.head:>10}  {human(s.aux_params):>11}  {human(s.aux_macs):>9}"
+                f"{human(s.macs):>8}  {s.head:>10}  {human(s.aux_params):>11}  {human(s.aux_macs):>9}  {s.name}"
             )
         lines += [
             f"main network (blocks): {human(self.total_params)} params, {human(self.total_macs)} MACs",
+            f"whole model counted in one piece: {human(self.model_macs)} MACs "
+            f"(blocks + classifier: {human(self.total_macs + self.classifier_macs)})",
             f"classifier (last stage's head): {human(self.classifier_params)} params, "
             f"{human(self.classifier_macs)} MACs",
             f"aux heads of stages 0..K-2: {human(self.aux_params)} params, {human(self.aux_macs)} MACs "
@@ -157,21 +169,23 @@ def num_params(module: nn.Module) -> int:
 
 def backbone_stats(
     backbone: Backbone,
-    num_stages: int,
+    num_stages: int | None,
     *,
     aux: str = "mlp-sr",
     split: str = "auto",
     cuts: Sequence[int] | None = None,
+    split_at: Sequence[str] | None = None,
 ) -> ModelStats:
     """Split ``backbone`` exactly as training would (:func:`~degl.core.split.build_stages`) and measure it."""
-    stages = build_stages(backbone, num_stages, aux=aux, split=split, cuts=cuts)
+    stages = build_stages(backbone, num_stages, aux=aux, split=split, cuts=cuts, split_at=split_at)
     rows: list[StageStats] = []
     for stage in stages:
-        last = stage.index == num_stages - 1
+        last = stage.index == len(stages) - 1
         rows.append(
             StageStats(
                 index=stage.index,
                 blocks=list(stage.block_indices),
+                name=backbone.block_names[stage.block_indices[0]],
                 in_shape=list(stage.in_shape),
                 out_shape=list(stage.out_shape),
                 params=num_params(stage.block),
@@ -190,20 +204,24 @@ def backbone_stats(
         aux=aux,
         stages=rows,
         cuts=[s.block_indices[0] for s in stages[1:]],
+        cut_names=[backbone.block_names[s.block_indices[0]] for s in stages[1:]],
+        model_macs=count_macs(backbone.module or backbone.as_sequential(), backbone.input_shape),
     )
 
 
 def model_stats(
     name: str,
-    num_stages: int,
+    num_stages: int | None,
     *,
     aux: str = "mlp-sr",
     split: str = "auto",
     cuts: Sequence[int] | None = None,
-    input_shape: tuple[int, int, int] | None = None,
+    input_shape: tuple[int, ...] | None = None,
     width: float = 1.0,
-    num_classes: int = 10,
+    num_classes: int | None = 10,
+    split_at: Sequence[str] | None = None,
 ) -> ModelStats:
-    """Build the registered model ``name`` and measure its split into ``num_stages`` stages."""
+    """Build the model ``name`` (registered, ``torchvision:NAME`` or ``FILE.py:FUNCTION``, see
+    :func:`~degl.models.build_model`) and measure its split into ``num_stages`` stages."""
     backbone = build_model(name, width=width, input_shape=input_shape, num_classes=num_classes)
-    return backbone_stats(backbone, num_stages, aux=aux, split=split, cuts=cuts)
+    return backbone_stats(backbone, num_stages, aux=aux, split=split, cuts=cuts, split_at=split_at)

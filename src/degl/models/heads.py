@@ -1,7 +1,10 @@
 """Classifier heads: the paper's auxiliary heads (paper-spec §2.1) and a linear probe.
 
-Every head maps a stage's output feature map of shape ``(C, H, W)`` to class logits. They are
-plain ``nn.Sequential`` so that FLOP counting and state dicts need nothing special.
+Every head maps a stage's output to class logits: a feature map of shape ``(C, H, W)``, flat
+features ``(F,)``, or a token sequence ``(T, D)`` (a transformer's stage: ``mlp`` and ``linear``
+average over the T tokens first, ``mlp-sr`` reads the tokens as a 1-D map of D channels; ``cnn``
+needs a feature map). They are plain
+``nn.Sequential`` so that FLOP counting and state dicts need nothing special.
 """
 
 from __future__ import annotations
@@ -9,11 +12,28 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import torch
 from torch import nn
 
 from degl.errors import UserError
 
 AUX_KINDS = ("mlp", "mlp-sr", "cnn", "linear")
+TOKEN_KINDS = ("mlp", "mlp-sr", "linear")
+"""The heads that also take token sequences ``(T, D)``."""
+
+
+class TokenMean(nn.Module):
+    """``(N, T, D) -> (N, D)``: average over the tokens, the token version of global average pooling."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=1)
+
+
+class TokensAsChannels(nn.Module):
+    """``(N, T, D) -> (N, D, T)``: a token sequence as a 1-D map with D channels, for 1-D pools and 1x1 convs."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.transpose(1, 2)
 
 
 def _mlp(features: int, hidden_layers: int, num_classes: int) -> list[nn.Module]:
@@ -31,10 +51,15 @@ def _quarter_resolution(height: int, width: int) -> nn.Module:
 
 
 def mlp_head(in_shape: Sequence[int], num_classes: int, *, hidden_layers: int = 3) -> nn.Sequential:
-    """``mlp``: pool to ceil(S/4), pool to 2x2, flatten to 4C, ``hidden_layers`` x (Linear, BN, ReLU)."""
+    """``mlp``: pool to ceil(S/4), pool to 2x2, flatten to 4C, ``hidden_layers`` x (Linear, BN, ReLU).
+
+    On tokens ``(T, D)``: the mean over the tokens, then the same MLP on D features.
+    """
     if len(in_shape) == 1:
         return nn.Sequential(*_mlp(in_shape[0], hidden_layers, num_classes))
-    channels, height, width = in_shape
+    if len(in_shape) == 2:
+        return nn.Sequential(TokenMean(), *_mlp(in_shape[1], hidden_layers, num_classes))
+    channels, height, width = _spatial(in_shape, "mlp")
     return nn.Sequential(
         _quarter_resolution(height, width),
         nn.AdaptiveAvgPool2d(2),
@@ -44,22 +69,36 @@ def mlp_head(in_shape: Sequence[int], num_classes: int, *, hidden_layers: int = 
 
 
 def mlp_sr_head(in_shape: Sequence[int], num_classes: int, *, conv_layers: int = 3) -> nn.Sequential:
-    """``mlp-sr``: pool to ceil(S/4), 3 x (1x1 conv, BN, ReLU), pool to 2x2, then the 3-layer MLP."""
+    """``mlp-sr``: pool to ceil(S/4), 3 x (1x1 conv, BN, ReLU), pool to 2x2, then the 3-layer MLP.
+
+    On tokens ``(T, D)``, the 1-D version: pool to ceil(T/4) tokens, 3 x (1x1 conv, BN, ReLU) over
+    the D channels, the mean over the tokens, then the MLP on D features.
+    """
+    if len(in_shape) == 2:
+        tokens, channels = in_shape
+        return nn.Sequential(
+            TokensAsChannels(),
+            nn.AdaptiveAvgPool1d(math.ceil(tokens / 4)),
+            *_pointwise(nn.Conv1d, nn.BatchNorm1d, channels, conv_layers),
+            nn.AdaptiveAvgPool1d(1),
+            nn.Flatten(),
+            *_mlp(channels, 3, num_classes),
+        )
     channels, height, width = _spatial(in_shape, "mlp-sr")
-    convs: list[nn.Module] = []
-    for _ in range(conv_layers):
-        convs += [
-            nn.Conv2d(channels, channels, 1, bias=False),
-            nn.BatchNorm2d(channels),
-            nn.ReLU(inplace=True),
-        ]
     return nn.Sequential(
         _quarter_resolution(height, width),
-        *convs,
+        *_pointwise(nn.Conv2d, nn.BatchNorm2d, channels, conv_layers),
         nn.AdaptiveAvgPool2d(2),
         nn.Flatten(),
         *_mlp(4 * channels, 3, num_classes),
     )
+
+
+def _pointwise(conv: type[nn.Module], norm: type[nn.Module], channels: int, layers: int) -> list[nn.Module]:
+    convs: list[nn.Module] = []
+    for _ in range(layers):
+        convs += [conv(channels, channels, 1, bias=False), norm(channels), nn.ReLU(inplace=True)]
+    return convs
 
 
 def cnn_head(in_shape: Sequence[int], num_classes: int, *, conv_layers: int = 2) -> nn.Sequential:
@@ -82,9 +121,11 @@ def cnn_head(in_shape: Sequence[int], num_classes: int, *, conv_layers: int = 2)
 
 
 def linear_head(in_shape: Sequence[int], num_classes: int) -> nn.Sequential:
-    """``linear``: global average pool and one linear layer."""
+    """``linear``: global average pool (the mean over the tokens, for ``(T, D)``) and one linear layer."""
     if len(in_shape) == 1:
         return nn.Sequential(nn.Linear(in_shape[0], num_classes))
+    if len(in_shape) == 2:
+        return nn.Sequential(TokenMean(), nn.Linear(in_shape[1], num_classes))
     channels = _spatial(in_shape, "linear")[0]
     return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
 
@@ -104,9 +145,10 @@ def build_head(kind: str, in_shape: Sequence[int], num_classes: int) -> nn.Seque
 
 def _spatial(in_shape: Sequence[int], kind: str) -> tuple[int, int, int]:
     if len(in_shape) != 3:
+        what = {1: "flat features", 2: "tokens (T, D)"}.get(len(in_shape), "features")
         raise UserError(
-            f"aux head {kind!r} needs a (C, H, W) feature map but the stage outputs shape "
-            f"{tuple(in_shape)}; use --aux linear or mlp for flat features"
+            f"aux head {kind!r} needs a (C, H, W) feature map but the stage outputs {what} of shape "
+            f"{tuple(in_shape)}; use --aux {' or '.join(TOKEN_KINDS)}, which take flat features and tokens"
         )
     channels, height, width = in_shape
     return channels, height, width

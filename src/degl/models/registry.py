@@ -1,49 +1,38 @@
 """Model registry: every backbone is a list of blocks plus its own classifier.
 
 Backbones are single-device ``nn.Module`` pieces with no training code. A stage is made of
-consecutive blocks (see :mod:`degl.core.split`); the classifier is the last stage's head.
+consecutive blocks (see :mod:`degl.core.split`); the classifier is the last stage's head. Besides
+the registered names, :func:`build_model` takes ``torchvision:NAME``, ``path/to/file.py:FUNCTION``
+and ``package.module:FUNCTION`` (:mod:`degl.models.external`), cut by tracing
+(:mod:`degl.models.traced`).
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from degl.errors import UserError
+from degl.models import external
+from degl.models.backbone import Backbone, HeadBuilder
+from degl.models.traced import trace_backbone
 
-HeadBuilder = Callable[[tuple[int, ...], int], nn.Module]
-"""``builder(in_shape, num_classes) -> head`` for one stage's output of per-sample shape ``in_shape``."""
-
-
-@dataclass
-class Backbone:
-    """A network cut into its smallest splittable pieces.
-
-    Attributes:
-        name: registry name.
-        blocks: consecutive pieces of the main network; stages are made of whole blocks.
-        classifier: the network's own head, applied to the last block's output.
-        paper_cuts: cut points (block indices where a new stage starts) used in the paper for some
-            numbers of stages; other K are balanced automatically.
-        input_shape: ``(C, H, W)`` the backbone was built for.
-    """
-
-    name: str
-    blocks: list[nn.Module]
-    classifier: nn.Module
-    input_shape: tuple[int, int, int]
-    paper_cuts: dict[int, tuple[int, ...]] = field(default_factory=dict)
-    extra_heads: dict[str, HeadBuilder] = field(default_factory=dict)
-    """Aux-head kinds specific to this model (e.g. ``dni`` for the DNI-comparison CNN), by name."""
-
-    def as_sequential(self) -> nn.Sequential:
-        """The whole network, end to end, sharing parameters with the blocks."""
-        return nn.Sequential(*self.blocks, self.classifier)
-
+__all__ = [
+    "Backbone",
+    "HeadBuilder",
+    "ModelEntry",
+    "build_model",
+    "channels",
+    "he_init",
+    "list_models",
+    "model_entry",
+    "register_model",
+]
 
 ModelBuilder = Callable[..., Backbone]
 
@@ -53,15 +42,21 @@ class ModelEntry:
     name: str
     builder: ModelBuilder
     description: str
-    default_input_shape: tuple[int, int, int]
+    default_input_shape: tuple[int, int, int] | None
+    """``None`` only for models from a file or module, whose input shape must be given."""
     test_input_shape: tuple[int, int, int] | None = None
     """Smaller input the contract tests build the model for (e.g. 3x64x64 for ImageNet nets, whose
     224x224 default makes the every-model x every-K suite slow); ``None`` means the default shape."""
 
     @property
-    def contract_input_shape(self) -> tuple[int, int, int]:
+    def contract_input_shape(self) -> tuple[int, int, int] | None:
         """The input shape tests should use: ``test_input_shape`` if set, else the default."""
         return self.test_input_shape or self.default_input_shape
+
+    @property
+    def external(self) -> bool:
+        """Built from torchvision, a file or a module (not the registry), and cut by tracing."""
+        return external.is_external(self.name)
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -93,6 +88,10 @@ def list_models() -> list[str]:
 
 
 def model_entry(name: str) -> ModelEntry:
+    """The registered model ``name``, or an entry for a ``torchvision:``/``FILE.py:``/``module:`` name."""
+    if external.is_external(name):
+        builder = functools.partial(_build_external, name)
+        return ModelEntry(name, builder, external.describe(name), external.default_input_shape(name))
     if name not in _REGISTRY:
         raise UserError(f"unknown model {name!r}; run 'degl models' to list them ({', '.join(list_models())})")
     return _REGISTRY[name]
@@ -103,14 +102,23 @@ def build_model(
     *,
     width: float = 1.0,
     input_shape: tuple[int, int, int] | None = None,
-    num_classes: int = 10,
+    num_classes: int | None = 10,
     dropout: float = 0.0,
 ) -> Backbone:
-    """Build the registered backbone ``name`` for inputs of ``input_shape`` and ``num_classes`` classes.
+    """Build the backbone ``name`` for inputs of ``input_shape`` and ``num_classes`` classes.
 
-    ``dropout`` goes to models whose builder takes it (the VGGs' classifier); elsewhere it must be 0.
+    ``name`` is a registered model, or ``torchvision:NAME`` (default input 3x224x224),
+    ``path/to/file.py:FUNCTION`` or ``package.module:FUNCTION`` (a function returning an
+    ``nn.Module``, called with ``num_classes=`` if it takes it; ``input_shape`` required), which are
+    traced and cut at their natural block boundaries. ``num_classes=None`` keeps an external
+    model's own number of classes (10 for registered ones). ``dropout`` goes to models whose builder
+    takes it (the VGGs' classifier); elsewhere it must be 0. ``width`` and ``dropout`` do not apply
+    to external models.
     """
     entry = model_entry(name)
+    if entry.external:
+        return _build_external(name, width=width, input_shape=input_shape, num_classes=num_classes, dropout=dropout)
+    num_classes = 10 if num_classes is None else num_classes
     if width <= 0:
         raise UserError(f"--width must be positive, got {width}")
     options: dict[str, float] = {}
@@ -135,6 +143,27 @@ def build_model(
             f"{str(exc).splitlines()[0]}"
         ) from None
     return backbone
+
+
+def _build_external(
+    name: str,
+    *,
+    width: float = 1.0,
+    input_shape: tuple[int, ...] | None = None,
+    num_classes: int | None = None,
+    dropout: float = 0.0,
+) -> Backbone:
+    if width != 1:
+        raise UserError(f"--width {width}: the width multiplier applies to registered models only, not {name!r}")
+    if dropout:
+        raise UserError(f"--dropout {dropout}: applies to registered models only; {name!r} has its own dropout")
+    if num_classes is not None and num_classes < 2:
+        raise UserError(f"need at least 2 classes, got {num_classes}")
+    shape = tuple(input_shape) if input_shape is not None else external.default_input_shape(name)
+    if shape is None:
+        raise UserError(f"model {name!r} needs an input shape: pass --input-shape C,H,W (input_shape= in Python)")
+    module = external.load_model(name, num_classes=num_classes, input_shape=shape)
+    return trace_backbone(module, shape, num_classes, name=name)
 
 
 def _probe(backbone: Backbone) -> None:

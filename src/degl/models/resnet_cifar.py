@@ -18,7 +18,6 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models.resnet import BasicBlock
 
 from degl.models.registry import Backbone, channels, he_init, register_model
 
@@ -55,6 +54,8 @@ def cifar_resnet(
     num_classes: int,
 ) -> Backbone:
     """A CIFAR ResNet of depth ``6 * blocks_per_group + 2`` as stem pieces, blocks and the pool."""
+    from torchvision.models.resnet import BasicBlock  # here: importing torchvision.models costs ~1 s per process
+
     widths = [channels(w, width) for w in _WIDTHS]
     blocks: list[nn.Module] = [
         nn.Conv2d(input_shape[0], widths[0], 3, padding=1, bias=False),

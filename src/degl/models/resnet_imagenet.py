@@ -14,7 +14,6 @@ projection shortcut; we do not replicate that).
 from __future__ import annotations
 
 from torch import nn
-from torchvision.models.resnet import Bottleneck, conv1x1
 
 from degl.models.registry import Backbone, channels, he_init, register_model
 
@@ -39,6 +38,8 @@ def imagenet_resnet(
             nn.MaxPool2d(3, stride=2, padding=1),
         )
     ]
+    from torchvision.models.resnet import Bottleneck, conv1x1  # here: importing torchvision.models costs ~1 s
+
     in_channels = stem_channels
     for group, count in enumerate(layers):
         planes = channels(64 * 2**group, width)
