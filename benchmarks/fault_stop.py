@@ -19,8 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from degl import checkpoint
-from degl.runtime.launcher import local_rank_pids
+from degl.run import checkpoint
+from degl.runtime.launch import local_rank_pids
 
 RUN = [
     "--dataset", "synthetic", "--input-shape", "1,16,16", "--synthetic-size", "4096", "--num-classes", "4",

@@ -1,6 +1,6 @@
 """Helpers shared by the experiment scripts (they import degl; degl never imports them).
 
-- :func:`train_or_reuse`: one run per directory, through :func:`degl.compare.run_one`, which reuses a
+- :func:`train_or_reuse`: one run per directory, through :func:`degl.run.compare.run_one`, which reuses a
   completed run with the same options and resumes a stopped one, so a study can be interrupted and
   restarted without repeating work.
 - :func:`results_stem`: the dated name of a results file, naming the hardware and torch version
@@ -23,9 +23,9 @@ from typing import Any
 
 import torch
 
-from degl.compare import run_one
-from degl.config import make_config
 from degl.errors import UserError
+from degl.run.compare import run_one
+from degl.run.config import make_config
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "benchmarks" / "results"

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from conftest import SYNTH, run_degl
-from degl import checkpoint
+from degl.run import checkpoint
 
 pytestmark = pytest.mark.distributed
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from conftest import SYNTH
-from degl import checkpoint
 from degl.cli import main
-from degl.runtime.async_sim import AsyncScheduler
+from degl.run import checkpoint
+from degl.run.async_sim import AsyncScheduler
 
 EXACT = [*SYNTH, "--epochs", "2", "--stages", "3", "--deterministic"]
 

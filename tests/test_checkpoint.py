@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from degl import checkpoint
 from degl.errors import UserError
+from degl.run import checkpoint
 
 
 def save(run, step, num_stages=2, value=1.0):

@@ -13,11 +13,11 @@ import torch
 
 from datagen import Py2Pickler, make_cifar10_arrays, write_cifar10_binary, write_cifar10_python
 from degl.cli import main
-from degl.config import make_config
 from degl.data import load_dataset
 from degl.data.cifar10 import MEAN, STD, load_cifar10
 from degl.errors import UserError
-from degl.setup import load_data
+from degl.run.config import make_config
+from degl.run.setup import load_data
 
 WRITERS = {"py": write_cifar10_python, "bin": write_cifar10_binary}
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from conftest import SYNTH, run_degl
-from degl import checkpoint
 from degl.cli import main
+from degl.run import checkpoint
 
 SUMMARY_KEYS = {
     "method",
@@ -318,8 +318,8 @@ def test_sigterm_to_a_parallel_compare_stops_its_children_with_checkpoints(tmp_p
 
 
 def test_runs_saved_before_an_option_existed_are_still_reused():
-    from degl.compare import _same_run
-    from degl.config import TrainConfig
+    from degl.run.compare import _same_run
+    from degl.run.config import TrainConfig
 
     current = TrainConfig().to_dict()
     older = {k: v for k, v in current.items() if k not in ("dropout", "loss_scale_init")}

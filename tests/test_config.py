@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from degl.config import TrainConfig, load_config_file, make_config
 from degl.errors import UserError
+from degl.run.config import TrainConfig, load_config_file, make_config
 
 
 def write(path: Path, text: str) -> Path:

@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from conftest import SYNTH
-from degl import checkpoint
 from degl.cli import main
 from degl.core.feature_cache import FrozenFeatureCache
 from degl.core.split import build_stages
 from degl.data.loader import ChannelsLast, DeviceLoader
 from degl.data.synthetic import make_synthetic
 from degl.models import build_model
+from degl.run import checkpoint
 
 
 def frozen_stages(k: int):

@@ -43,7 +43,7 @@ def test_training_on_cuda(tmp_path, capsys, precision, method):
 
 @needs_cuda
 def test_fp16_grad_scalers_are_checkpointed_per_stage(tmp_path, capsys):
-    from degl import checkpoint
+    from degl.run import checkpoint
 
     out = tmp_path / "run"
     assert (

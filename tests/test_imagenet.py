@@ -9,10 +9,10 @@ import torch
 
 from datagen import write_imagenet_folders
 from degl.cli import main
-from degl.config import DATASETS, TrainConfig, make_config
 from degl.data import load_dataset
 from degl.data.imagenet import FolderImages, load_imagenet
 from degl.errors import UserError
+from degl.run.config import DATASETS, TrainConfig, make_config
 
 
 @pytest.fixture
@@ -145,7 +145,7 @@ def test_config_fields_are_checked():
 
 
 def test_config_options_reach_the_data_set(root):
-    from degl.setup import load_data
+    from degl.run.setup import load_data
 
     cfg = make_config(
         {"dataset": "imagenet", "data_dir": str(root), "image_size": 32, "data_workers": 0, "batch_size": 4}

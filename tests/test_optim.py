@@ -5,12 +5,12 @@ import torch
 
 from conftest import SYNTH, run_degl
 from degl.cli import main
-from degl.config import make_config
 from degl.core.methods import DGL
 from degl.core.optim import OptimSettings
 from degl.core.split import build_stages
 from degl.errors import UserError
 from degl.models import build_model
+from degl.run.config import make_config
 
 
 def test_step_and_milestone_schedules():
@@ -65,7 +65,7 @@ def test_compiled_stages_train_and_checkpoint_like_eager_ones(tmp_path):
     out = tmp_path / "run"
     done = run_degl("train", *SYNTH, "--stages", "2", "--max-steps", "2", "--compile", "--out", str(out))
     assert done.returncode == 0, done.stderr
-    from degl import checkpoint
+    from degl.run import checkpoint
 
     path, _ = checkpoint.load_meta(out)
     keys = set(checkpoint.load_stage(path, 0)["model"])

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import SYNTH, run_degl
-from degl import checkpoint
+from conftest import REPO, SYNTH, run_degl
+from degl.run import checkpoint
 from degl.runtime.dist import free_port
-from degl.runtime.launcher import local_rank_pids
+from degl.runtime.launch import local_rank_pids
 
 pytestmark = pytest.mark.distributed
 
@@ -27,9 +27,15 @@ def weights(run):
     return [checkpoint.load_stage(path, i) for i in range(meta["num_stages"])], meta
 
 
+def metrics(run):
+    path = run / "metrics.jsonl"  # absent until the first epoch ends
+    return path.read_text() if path.exists() else None
+
+
 def assert_same_run(a, b):
-    assert (a / "metrics.jsonl").read_text() == (b / "metrics.jsonl").read_text()
+    assert metrics(a) == metrics(b)
     (states_a, meta_a), (states_b, meta_b) = weights(a), weights(b)
+    assert len(states_a) == len(states_b)
     assert meta_a["position"] == meta_b["position"] and meta_a["global_step"] == meta_b["global_step"]
     for sa, sb in zip(states_a, states_b):
         for key, tensor in sa["model"].items():
@@ -53,6 +59,33 @@ def test_three_processes_equal_one_bit_for_bit(tmp_path):
     s = summary(three)
     assert s["workers"] == 3 and len(s["idle_fraction_per_stage"]) == 3
     assert s["test_acc_per_stage"] == summary(one)["test_acc_per_stage"]
+
+
+ANY_MODEL = [
+    "--dataset", "synthetic", "--input-shape", "3,32,32", "--synthetic-size", "640", "--num-classes", "4",
+    "--batch-size", "16", "--epochs", "1", "--max-steps", "20", "--threads", "1", "--deterministic",
+    "--no-progress",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        ["--model", "torchvision:resnet18", "--stages", "2"],
+        ["--model", str(REPO / "examples" / "my_resnet.py") + ":build", "--split-at", "layer2"],
+    ],
+    ids=["torchvision-resnet18", "own-residual-net-split-at"],
+)
+def test_any_model_in_two_processes_equals_one_process_bit_for_bit(tmp_path, model):
+    one, two = tmp_path / "one", tmp_path / "two"
+    done = run_degl("train", *ANY_MODEL, *model, "--out", str(one))
+    assert done.returncode == 0, done.stderr
+    done = run_degl("train", *ANY_MODEL, *model, "--workers", "2", "--out", str(two))
+    assert done.returncode == 0, done.stderr
+    assert summary(two)["steps_completed"] == 20 and summary(two)["workers"] == 2
+    assert_same_run(one, two)
+    if "--split-at" in model:  # the named submodule begins stage 1
+        assert summary(two)["stage_blocks"][1][0] == summary(one)["stage_blocks"][1][0]
 
 
 def test_stopped_pipeline_resumes_to_the_same_result(tmp_path):
@@ -100,10 +133,10 @@ LONG = [
 ]
 
 
-def start(tmp_path, *extra, env=None):
+def start(tmp_path, *extra, env=None, base=LONG):
     out = tmp_path / "run"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "degl", "train", *LONG, "--workers", "3", *extra, "--out", str(out)],
+        [sys.executable, "-m", "degl", "train", *base, "--workers", "3", *extra, "--out", str(out)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -131,8 +164,40 @@ def test_a_killed_rank_stops_every_rank_and_checkpoints_stay_loadable(tmp_path):
     assert meta["position"]["epoch"] >= 1
 
 
+FAULTY_MODEL = """
+from torch import nn
+
+
+class FailAt(nn.Module):
+    \"\"\"Raises on its N-th training forward: a stage that crashes in the middle of a run.\"\"\"
+
+    def __init__(self, step):
+        super().__init__()
+        self.step, self.calls = step, 0
+
+    def forward(self, x):
+        if self.training:
+            self.calls += 1
+            if self.calls == self.step:
+                raise RuntimeError(f"injected failure at step {self.step}")
+        return x
+
+
+def build(num_classes=4):
+    def conv(cin, cout):
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU())
+
+    # FailAt is the last block, so it always lands in the last stage (rank 2 of 3).
+    body = [conv(1, 4), conv(4, 8), conv(8, 8), FailAt(40)]
+    return nn.Sequential(*body, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes))
+"""
+
+
 def test_a_rank_that_raises_stops_the_others(tmp_path):
-    proc, _ = start(tmp_path, env={"DEGL_TEST_FAIL_AT": "2:40"})
+    model = tmp_path / "faulty.py"
+    model.write_text(FAULTY_MODEL)
+    without_model = [a for a in LONG if a not in ("--model", "cnn4", "--width", "0.25")]
+    proc, _ = start(tmp_path, "--model", f"{model}:build", base=without_model)
     _, stderr = proc.communicate(timeout=150)
     assert proc.returncode == 1
     assert "rank 2 (stage 2): internal error" in stderr and "injected failure at step 40" in stderr

@@ -15,9 +15,9 @@ import pytest
 import yaml
 
 from datagen import write_cifar10_python, write_imagenet_folders
-from degl import checkpoint
 from degl.cli import main
-from degl.config import load_config_file, make_config
+from degl.run import checkpoint
+from degl.run.config import load_config_file, make_config
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE_DIR = REPO / "recipes"
@@ -145,7 +145,8 @@ def test_recipe_trains_two_steps_through_the_cli(recipe, data_dirs, tmp_path, ca
     saved = yaml.safe_load((out / "config.yaml").read_text())
     for key, value in values.items():  # every recipe setting not overridden above is what ran
         if key not in overridden:
-            assert saved[key] == value, f"{key}: recipe {value!r}, run recorded {saved[key]!r}"
+            recorded = list(value) if isinstance(value, tuple) else value  # list options are YAML lists
+            assert saved[key] == recorded, f"{key}: recipe {value!r}, run recorded {saved[key]!r}"
     assert (saved["batch_size"], saved["device"], saved["precision"]) == (4, "cpu", "fp32")
     assert summary["method"] == values["method"] and summary["model"] == values["model"]
     assert summary["stages"] == (1 if values["method"] == "backprop" else values["stages"])

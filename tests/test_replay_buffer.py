@@ -13,8 +13,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from degl.core.replay_buffer import ReplayBuffer
 from degl.errors import UserError
-from degl.runtime.replay_buffer import ReplayBuffer
 
 ANY_ACCELERATOR = hasattr(torch, "accelerator") and torch.accelerator.is_available()
 

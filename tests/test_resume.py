@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from conftest import SYNTH
-from degl import checkpoint
 from degl.cli import main
+from degl.run import checkpoint
 
 
 def final_state(run):

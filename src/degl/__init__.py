@@ -8,22 +8,31 @@ from degl.core.evaluate import evaluate
 from degl.core.methods import DGL, Backprop, SequentialGreedy, build_method
 from degl.core.split import build_stages, split_blocks
 from degl.core.stage import Stage
+from degl.core.step import StageStep
 from degl.errors import UserError
 from degl.models import build_model, list_models
+from degl.runtime.dist import DistEnv
+from degl.runtime.launch import launch
+from degl.runtime.pipeline import PipelineResult, train_stage
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DGL",
     "Backprop",
+    "DistEnv",
+    "PipelineResult",
     "SequentialGreedy",
     "Stage",
+    "StageStep",
     "UserError",
     "__version__",
     "build_method",
     "build_model",
     "build_stages",
     "evaluate",
+    "launch",
     "list_models",
     "split_blocks",
+    "train_stage",
 ]

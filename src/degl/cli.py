@@ -9,8 +9,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from degl.config import TrainConfig, _base_type, _field_types, config_fields, load_config_file, make_config
 from degl.errors import UserError
+from degl.run.config import (
+    LIST_OPTIONS,
+    TrainConfig,
+    _base_type,
+    _field_types,
+    config_fields,
+    format_option,
+    load_config_file,
+    make_config,
+)
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -31,9 +40,12 @@ def add_train_options(parser: argparse.ArgumentParser, exclude: tuple[str, ...] 
         if f.name in exclude:
             continue
         kind, _ = _base_type(types[f.name])
+        if f.name in LIST_OPTIONS:
+            kind = str  # parsed once, by TrainConfig
         group_name = _group_of(f.name)
         group = groups.setdefault(group_name, parser.add_argument_group(group_name))
-        help_text = f"{f.metadata['help']} (default: {getattr(defaults, f.name)})"
+        default = getattr(defaults, f.name)
+        help_text = f"{f.metadata['help']} (default: {format_option(default) if default is not None else None})"
         if kind is bool:
             group.add_argument(
                 _flag(f.name),
@@ -50,7 +62,7 @@ def add_train_options(parser: argparse.ArgumentParser, exclude: tuple[str, ...] 
                 default=argparse.SUPPRESS,
                 choices=f.metadata.get("choices"),
                 help=help_text,
-                metavar=f.name.upper() if not f.metadata.get("choices") else None,
+                metavar=f.metadata.get("metavar", f.name.upper()) if not f.metadata.get("choices") else None,
             )
 
 
@@ -109,12 +121,24 @@ def build_parser() -> ArgumentParser:
         help="list the registered models, or show one model's per-stage cost (--stats)",
         description="List the registered models. With --stats MODEL --stages K: split MODEL as "
         "'degl train' would and print, per stage, the output shape, parameters and MACs of its block "
-        "and of its head (MACs = FLOPs/2 from torch.utils.flop_counter, one sample, eval mode).",
+        "and of its head (MACs = FLOPs/2 from torch.utils.flop_counter, one sample, eval mode). MODEL may "
+        "also be torchvision:NAME, path/to/file.py:FUNCTION or package.module:FUNCTION (a function "
+        "returning an nn.Module): such models are traced with torch.fx and cut between their blocks.",
     )
     models.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     stats = models.add_argument_group("per-stage cost (--stats)")
-    stats.add_argument("--stats", metavar="MODEL", help="model to measure (needs --stages)")
+    stats.add_argument(
+        "--stats",
+        metavar="MODEL",
+        help="model to measure (needs --stages or --split-at): a registered name, torchvision:NAME, "
+        "path/to/file.py:FUNCTION or package.module:FUNCTION",
+    )
     stats.add_argument("--stages", type=int, metavar="K", help="number of stages K")
+    stats.add_argument(
+        "--split-at",
+        metavar="NAME,NAME",
+        help="submodule names where stages 2..K begin (e.g. layer2,layer4); K = names + 1",
+    )
     stats.add_argument(
         "--aux",
         default="mlp-sr",
@@ -128,13 +152,18 @@ def build_parser() -> ArgumentParser:
         help="how to cut blocks into stages, as for 'degl train' (default: auto)",
     )
     stats.add_argument("--cuts", metavar="I,J,...", help="explicit cut points (block indices)")
-    stats.add_argument("--input-shape", metavar="C,H,W", help="input shape (default: the model's)")
+    stats.add_argument(
+        "--input-shape",
+        metavar="C,H,W",
+        help="input shape (default: the model's; 3,224,224 for torchvision:NAME; required for FILE.py:FUNCTION)",
+    )
     stats.add_argument("--width", type=float, default=1.0, help="channel-width multiplier (default: 1)")
     stats.add_argument(
         "--num-classes",
         type=int,
         metavar="N",
-        help="classes (default: 1000 for models whose default input is 224x224, else 10)",
+        help="classes (default: 1000 for models whose default input is 224x224, else 10; a model from a "
+        "file or module keeps its own unless its function takes num_classes)",
     )
     models.epilog = (
         "Stages are numbered from 0. The aux/main ratio is the MACs of the aux heads of stages "
@@ -156,18 +185,10 @@ def _version() -> str:
 
 
 def run_train(args: argparse.Namespace, given: dict[str, Any]) -> int:
-    import os
-
+    from degl.run.train import resume_config, resume_from, train
     from degl.runtime.dist import dist_env
-    from degl.train import resume_config, resume_from, train
 
     env = dist_env()
-    if os.environ.get("DEGL_WORKER") == "1" and env is not None:  # a rank started by --workers
-        from degl.runtime.worker import run_rank
-
-        cfg = TrainConfig(**json.loads(Path(os.environ["DEGL_WORKER_CONFIG"]).read_text()))
-        resume_dir = os.environ.get("DEGL_WORKER_RESUME") or None
-        return run_rank(cfg, env, resume_dir=Path(resume_dir) if resume_dir else None, print_summary=False)
     resume_dir: Path | None = None
     if args.resume:
         if args.config:
@@ -184,11 +205,11 @@ def run_train(args: argparse.Namespace, given: dict[str, Any]) -> int:
         if cfg.method == "backprop" and "stages" in values and cfg.stages != 1:
             print("degl: note: backprop trains the network end to end; --stages is ignored", file=sys.stderr)
     if env is not None:  # one rank of a torchrun launch
-        from degl.runtime.worker import run_rank
+        from degl.run.pipeline_run import run_rank
 
-        return run_rank(cfg, env, resume_dir=resume_dir, print_summary=True)
+        return run_rank(cfg, resume_dir, print_summary=True)
     if cfg.workers is not None and cfg.workers > 1:
-        from degl.runtime.launcher import launch_local
+        from degl.run.pipeline_run import launch_local
 
         return launch_local(cfg, resume_dir=resume_dir)
     if resume_dir is not None:
@@ -200,22 +221,14 @@ def run_train(args: argparse.Namespace, given: dict[str, Any]) -> int:
 
 
 def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
-    per_stage = " ".join(f"{acc:.2f}" for acc in summary["test_acc_per_stage"])
-    state = "complete" if summary["completed"] else f"stopped after {summary['steps_completed']} steps"
-    print(f"run: {run_dir} ({state})")
-    print(
-        f"method {summary['method']}, model {summary['model']}, {summary['stages']} stage(s), "
-        f"{summary['epochs_completed']} epoch(s), {summary['train_time_s']:.1f}s training"
-    )
-    if summary["test_acc"] is not None:
-        print(
-            f"test accuracy per stage (%): {per_stage}; final {summary['test_acc']:.2f}; "
-            f"ensemble {summary['test_acc_ensemble']:.2f}"
-        )
+    from degl.run.runstate import format_summary
+
+    for line in format_summary(summary, run_dir):
+        print(line)
 
 
 def run_compare(args: argparse.Namespace, given: dict[str, Any]) -> int:
-    from degl.compare import compare, format_table, parse_list
+    from degl.run.compare import compare, format_table, parse_list
 
     values: dict[str, Any] = load_config_file(args.config) if args.config else {}
     values.update(given)
@@ -233,7 +246,7 @@ def run_compare(args: argparse.Namespace, given: dict[str, Any]) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from degl.evaluation import evaluate_run
+    from degl.run.evaluation import evaluate_run
 
     result = evaluate_run(Path(args.run), device=args.device, data_dir=args.data_dir)
     keys = ("stages", "test_acc_per_stage", "test_acc5_per_stage", "test_ensemble_acc_per_stage")
@@ -253,6 +266,7 @@ def run_models(args: argparse.Namespace) -> int:
         flag
         for flag, value in (
             ("--stages", args.stages),
+            ("--split-at", args.split_at),
             ("--cuts", args.cuts),
             ("--input-shape", args.input_shape),
             ("--num-classes", args.num_classes),
@@ -272,20 +286,27 @@ def run_models(args: argparse.Namespace) -> int:
     width = max(len(e.name) for e in entries)
     for e in entries:
         print(f"{e.name:<{width}}  {e.description}")
+    print(
+        "Any other model too, cut by tracing: torchvision:NAME, path/to/file.py:FUNCTION, package.module:FUNCTION "
+        "(see 'degl models --stats MODEL --stages K' for its cut names)"
+    )
     return 0
 
 
 def run_model_stats(args: argparse.Namespace) -> int:
-    from degl.config import parse_cuts, parse_shape
     from degl.core.stats import model_stats
     from degl.models import model_entry
+    from degl.run.config import parse_cuts, parse_names, parse_shape
 
     entry = model_entry(args.stats)
-    if args.stages is None:
-        raise UserError("--stats needs --stages K (the number of stages to split the model into)")
+    split_at = parse_names(args.split_at)
+    if args.stages is None and split_at is None:
+        raise UserError("--stats needs --stages K (the number of stages to split the model into) or --split-at")
     shape = parse_shape(args.input_shape) if args.input_shape else entry.default_input_shape
+    if shape is None:
+        raise UserError(f"model {args.stats!r} has no default input shape; pass --input-shape C,H,W")
     classes = args.num_classes
-    if classes is None:
+    if classes is None and not (entry.external and entry.default_input_shape is None):
         classes = 1000 if entry.default_input_shape[1:] == (224, 224) else 10
     result = model_stats(
         args.stats,
@@ -296,6 +317,7 @@ def run_model_stats(args: argparse.Namespace) -> int:
         input_shape=shape,
         width=args.width,
         num_classes=classes,
+        split_at=split_at,
     )
     if args.json:
         print(json.dumps(result.to_json()))
@@ -334,7 +356,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("degl: aborted", file=sys.stderr)
         return 130
     except Exception as exc:
-        from degl.control import Interrupted
+        from degl.run.control import Interrupted
 
         if isinstance(exc, Interrupted):
             print(f"degl: {exc}", file=sys.stderr)

@@ -10,13 +10,13 @@ from typing import Any
 
 import torch
 
-from degl.config import parse_cuts, parse_shape
 from degl.core.methods import DGL, Backprop
 from degl.core.optim import OptimSettings
 from degl.core.split import build_stages
 from degl.errors import UserError
 from degl.models import build_model
-from degl.setup import resolve_device
+from degl.run.config import parse_cuts, parse_shape
+from degl.run.setup import resolve_device
 
 
 def add_common_options(parser: argparse.ArgumentParser) -> None:

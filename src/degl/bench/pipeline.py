@@ -11,18 +11,18 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 from typing import Any
 
 import torch
 
 from degl.bench import add_common_options
-from degl.config import parse_cuts, parse_shape
+from degl.bench.pipeline_ranks import run_mode
 from degl.core.split import build_stages
 from degl.errors import UserError
 from degl.models import build_model
-from degl.runtime.dist import default_threads, free_port
+from degl.run.config import parse_cuts, parse_shape
+from degl.runtime.dist import default_threads
+from degl.runtime.launch import launch
 
 
 def add_parser(kinds: argparse._SubParsersAction) -> None:
@@ -49,29 +49,9 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
 
 
 def spawn(mode: str, spec: dict[str, Any], world: int) -> Any:
-    """Run one configuration in ``world`` fresh processes; return rank 0's JSON."""
-    env = {
-        **os.environ,
-        "DEGL_BENCH_SPEC": json.dumps(spec),
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(free_port()),
-        "WORLD_SIZE": str(world),
-    }
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "degl.bench.pipeline_worker", mode],
-            env={**env, "RANK": str(r)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for r in range(world)
-    ]
-    outputs = [p.communicate(timeout=1800) for p in procs]
-    for rank, (proc, (_, err)) in enumerate(zip(procs, outputs)):
-        if proc.returncode != 0:
-            raise RuntimeError(f"bench {mode} rank {rank} failed:\n{err[-2000:]}")
-    return json.loads(outputs[0][0].strip().splitlines()[-1])
+    """Run one configuration in ``world`` fresh processes; return every rank's result (one process: its own)."""
+    results = launch(run_mode, world, (mode, spec), threads=spec["threads"], pin_cpus=spec["pin_cpus"], timeout_s=600)
+    return results[0] if mode == "single" else results
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,35 +1,36 @@
-"""One process of ``degl bench pipeline``: a timed run of one configuration.
+"""What each process of ``degl bench pipeline`` runs (started by :func:`degl.launch`).
 
-Modes (``python -m degl.bench.pipeline_worker MODE``, the spec as JSON in DEGL_BENCH_SPEC):
-    single   one process trains every DGL stage in turn (paper Alg. 1)
-    dgl      rank k of the DGL pipeline (degl's runtime transport)
+    single   one process trains every DGL stage in turn (paper Alg. 1, :class:`degl.DGL`)
+    dgl      rank k of the DGL pipeline: the same :class:`~degl.runtime.sync_rank.SyncRank` loop,
+             stage step and transport that ``degl train --workers`` runs, fed one fixed batch
     gpipe    rank k of end-to-end backprop with torch.distributed.pipelining ScheduleGPipe
     1f1b     the same with Schedule1F1B
-Each prints one JSON line: per-step completion times and, for ranks, busy time in the window.
+Each returns per-step completion times and, for ranks, where the time went in the timed window.
 """
 
 from __future__ import annotations
 
-import json
-import os
+import copy
 import statistics
-import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from degl.core.methods import DGL
 from degl.core.optim import OptimSettings
 from degl.core.split import build_stages
+from degl.core.stage import Stage
+from degl.core.step import StageStep
 from degl.models import build_model
-from degl.runtime.dist import pin_cpus
+from degl.runtime.dist import DistEnv
+from degl.runtime.sync_rank import Link, Plan, SyncRank
 
 
-def build(spec: dict[str, Any]) -> list:
+def build(spec: dict[str, Any]) -> list[Stage]:
     torch.manual_seed(spec["seed"])
     backbone = build_model(
         spec["model"], width=spec["width"], input_shape=tuple(spec["input_shape"]), num_classes=spec["num_classes"]
@@ -37,14 +38,14 @@ def build(spec: dict[str, Any]) -> list:
     return build_stages(backbone, spec["stages"], aux=spec["aux"], cuts=spec["cuts"])
 
 
-def batch(spec: dict[str, Any], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def batch(spec: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(spec["seed"])
     x = torch.randn(spec["batch_size"], *spec["input_shape"], generator=generator)
     y = torch.randint(0, spec["num_classes"], (spec["batch_size"],), generator=generator)
-    return x.to(device), y.to(device)
+    return x, y
 
 
-def optimizer_settings() -> OptimSettings:
+def settings() -> OptimSettings:
     return OptimSettings(lr=0.01, schedule="constant")
 
 
@@ -54,10 +55,9 @@ def window(marks: list[float], warmup: int) -> dict[str, Any]:
     return {"intervals": intervals, "median_step_s": statistics.median(intervals) if intervals else None}
 
 
-def run_single(spec: dict[str, Any]) -> dict[str, Any]:
-    device = torch.device("cpu")
-    method = DGL(build(spec), make_optimizer=optimizer_settings().make_optimizer)
-    x, y = batch(spec, device)
+def run_single(env: DistEnv, spec: dict[str, Any]) -> dict[str, Any]:
+    method = DGL(build(spec), make_optimizer=settings().make_optimizer)
+    x, y = batch(spec)
     marks = []
     for _ in range(spec["warmup"] + spec["steps"]):
         method.train_step(x, y)
@@ -65,68 +65,53 @@ def run_single(spec: dict[str, Any]) -> dict[str, Any]:
     return window(marks, spec["warmup"])
 
 
-def run_dgl_rank(spec: dict[str, Any], rank: int, world: int) -> dict[str, Any]:
-    from degl.runtime.transport import Inbox, Outbox
+class RepeatedBatch:
+    """Rank 0's data in the benchmark: one fixed batch every step (no loader time to measure)."""
 
-    device = torch.device("cpu")
-    stages = build(spec)
-    stage = stages[rank]
-    method = DGL([stage], make_optimizer=optimizer_settings().make_optimizer)
-    x0, y0 = batch(spec, device)
-    inbox = Inbox(rank - 1, device) if rank > 0 else None
-    outbox = Outbox(rank + 1, spec["max_in_flight"]) if rank < world - 1 else None
-    message = [((spec["batch_size"], *stage.in_shape), torch.float32), ((spec["batch_size"],), torch.int64)]
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def epoch(self, epoch: int = 0, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        while True:
+            yield self.x, self.y
+
+
+def run_dgl_rank(env: DistEnv, spec: dict[str, Any]) -> dict[str, Any]:
+    stage = build(spec)[env.rank]
+    step = StageStep(stage, settings().make_optimizer)
     total, warmup = spec["warmup"] + spec["steps"], spec["warmup"]
-    marks, busy, start = [], 0.0, None
-    recv0 = send0 = 0.0
-    if inbox is not None:
-        inbox.post(message)
-    for step in range(total):
-        if step == warmup:
-            start, busy = time.perf_counter(), 0.0
-            recv0 = inbox.wait_s if inbox else 0.0
-            send0 = outbox.wait_s if outbox else 0.0
-        if inbox is None:
-            x, y = x0, y0
-        else:
-            x, y = inbox.wait()
-            if step + 1 < total:
-                inbox.post(message)
-        tick = time.perf_counter()
-        out, _ = method.local_step(0, x, y)
-        busy += time.perf_counter() - tick
-        if outbox is not None:
-            outbox.send([out, y])
-        marks.append(time.perf_counter())
-    elapsed = marks[-1] - start
+    plan = Plan((spec["batch_size"],) * total, (), spec["num_classes"], epochs=1)
+    link = Link.for_rank(env.rank, env.world_size, env.device, max_in_flight=spec["max_in_flight"])
+    rank = SyncRank(step, link, plan, rank=env.rank, world=env.world_size, train_batches=RepeatedBatch(*batch(spec)))
+    rank.fit()
+    marks = rank.timing.step_ends
     result = window(marks, warmup)
+    # Busy and waiting time over the timed window, from the loop's own per-step accounting.
+    fractions = rank.timing.idle_fraction_between(warmup, total)
     result.update(
         {
-            "idle_fraction": 1 - busy / elapsed,
-            "recv_wait_fraction": ((inbox.wait_s if inbox else 0.0) - recv0) / elapsed,
-            "send_wait_fraction": ((outbox.wait_s if outbox else 0.0) - send0) / elapsed,
+            "idle_fraction": fractions["idle"],
+            "recv_wait_fraction": fractions["recv_wait"],
+            "send_wait_fraction": fractions["send_wait"],
         }
     )
-    if outbox is not None:
-        outbox.flush()  # after the window: delivering the last messages is not the steady state
     return result
 
 
-def run_pippy_rank(spec: dict[str, Any], rank: int, world: int, schedule_name: str) -> dict[str, Any]:
+def run_pippy_rank(env: DistEnv, spec: dict[str, Any], schedule_name: str) -> dict[str, Any]:
     from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 
-    device = torch.device("cpu")
+    rank, world = env.rank, env.world_size
     stages = build(spec)
     module = nn.Sequential(stages[rank].block, stages[rank].head) if rank == world - 1 else stages[rank].block
-    del stages
     microbatches = spec["microbatches"]
-    pipe_stage = PipelineStage(module, rank, world, device)
+    pipe_stage = PipelineStage(module, rank, world, env.device)
     schedule_class = ScheduleGPipe if schedule_name == "gpipe" else Schedule1F1B
     schedule = schedule_class(pipe_stage, n_microbatches=microbatches, loss_fn=F.cross_entropy)
-    optimizer = optimizer_settings().make_optimizer(module.parameters())
-    x, y = batch(spec, device)
+    optimizer = settings().make_optimizer(module.parameters())
+    x, y = batch(spec)
     # The busy time of this rank's share of a step, measured alone: forward + backward of its module.
-    busy_alone = _alone(spec, module, rank, rank == world - 1)
+    busy_alone = _alone(spec, stages, module, rank, rank == world - 1)
     marks = []
     for _ in range(spec["warmup"] + spec["steps"]):
         optimizer.zero_grad(set_to_none=True)
@@ -143,14 +128,12 @@ def run_pippy_rank(spec: dict[str, Any], rank: int, world: int, schedule_name: s
     return result
 
 
-def _alone(spec: dict[str, Any], module: nn.Module, rank: int, last: bool) -> float:
+def _alone(spec: dict[str, Any], stages: list[Stage], module: nn.Module, rank: int, last: bool) -> float:
     """Median seconds of forward + backward of this rank's module on a full batch, alone."""
-    import copy
-
     probe = copy.deepcopy(module)
-    x, y = batch(spec, torch.device("cpu"))
+    x, y = batch(spec)
     with torch.no_grad():
-        for stage in build(spec)[:rank]:
+        for stage in copy.deepcopy(stages[:rank]):
             x = stage.block(x)
     x.requires_grad_(rank > 0)
     times = []
@@ -162,26 +145,9 @@ def _alone(spec: dict[str, Any], module: nn.Module, rank: int, last: bool) -> fl
     return statistics.median(times)
 
 
-def main() -> None:
-    mode = sys.argv[1]
-    spec = json.loads(os.environ["DEGL_BENCH_SPEC"])
-    torch.set_num_threads(spec["threads"])
+def run_mode(env: DistEnv, mode: str, spec: dict[str, Any]) -> dict[str, Any]:
     if mode == "single":
-        print(json.dumps(run_single(spec)), flush=True)
-        return
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    if spec["pin_cpus"]:
-        pin_cpus(rank, spec["threads"], world)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        result = run_dgl_rank(spec, rank, world) if mode == "dgl" else run_pippy_rank(spec, rank, world, mode)
-        results = [None] * world if rank == 0 else None
-        dist.gather_object(result, results, dst=0)
-        if rank == 0:
-            print(json.dumps(results), flush=True)
-    finally:
-        dist.destroy_process_group()
-
-
-if __name__ == "__main__":
-    main()
+        return run_single(env, spec)
+    if mode == "dgl":
+        return run_dgl_rank(env, spec)
+    return run_pippy_rank(env, spec, mode)

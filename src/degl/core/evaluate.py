@@ -12,6 +12,11 @@ import torch.nn.functional as F
 from degl.core.stage import Stage
 
 
+def ensemble_weight(stage: int) -> float:
+    """Weight of stage ``stage``'s softmax in the heads' ensemble (the paper's ``2^i``)."""
+    return 2.0**stage
+
+
 @dataclass
 class EvalResult:
     """Per evaluated stage: mean cross-entropy, top-1 and top-5 accuracy and ensemble accuracy
@@ -95,7 +100,7 @@ def evaluate(
                     if index not in evaluated:
                         continue
                     logits = stage.head(x).float()
-                weighted = logits.softmax(dim=1) * (2.0**index)
+                weighted = logits.softmax(dim=1) * ensemble_weight(index)
                 ensemble = weighted if ensemble is None else ensemble + weighted
                 acc.add(evaluated.index(index), logits, y, ensemble)
     finally:

@@ -7,55 +7,17 @@ stage, lower stages frozen) for ``sgl``.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 
 from degl.core.optim import OptimizerFactory, SchedulerFactory
 from degl.core.stage import Stage
+from degl.core.step import LossFn, Precision, StageStep, StepResult, advance_schedule, cross_entropy, step_result
 from degl.errors import UserError
 
-PRECISION_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@dataclass
-class StepResult:
-    """One head's loss and number of correct predictions on one batch (0-dim tensors, detached)."""
-
-    stage: int
-    loss: torch.Tensor
-    correct: torch.Tensor
-    count: int
-
-
-class Precision:
-    """Autocast context and gradient scaling for one precision setting."""
-
-    def __init__(
-        self, precision: str, device: torch.device, *, init_scale: float = 2.0**16, growth_interval: int = 2000
-    ) -> None:
-        if precision not in PRECISION_DTYPES:
-            raise UserError(f"unknown precision {precision!r}; choose fp32, bf16 or fp16")
-        self.name = precision
-        self.device_type = device.type
-        self.dtype = PRECISION_DTYPES[precision]
-        self.init_scale, self.growth_interval = init_scale, growth_interval
-        if precision == "fp16" and device.type == "cpu":
-            raise UserError("--precision fp16 needs a CUDA device; use bf16 on the CPU")
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        if self.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device_type, dtype=self.dtype)
-
-    def make_scaler(self) -> torch.amp.GradScaler | None:
-        if self.name != "fp16":
-            return None
-        return torch.amp.GradScaler(self.device_type, init_scale=self.init_scale, growth_interval=self.growth_interval)
+__all__ = ["DGL", "Backprop", "Method", "Precision", "SequentialGreedy", "StepResult", "build_method"]
 
 
 class Method:
@@ -74,8 +36,10 @@ class Method:
         reset_at_decay: bool = False,
         loss_scale_init: float = 2.0**16,
         loss_scale_growth_interval: int = 2000,
+        loss_fn: LossFn | None = None,
     ) -> None:
         self.stages = list(stages)
+        self.loss_fn = loss_fn or cross_entropy
         self.reset_at_decay = reset_at_decay
         self.device = torch.device(device)
         self.precision = Precision(
@@ -106,25 +70,30 @@ class Method:
     def current_lrs(self) -> list[float]:
         raise NotImplementedError
 
-    def _advance_schedule(self, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
-        """Step the lr schedule; with ``reset_at_decay`` a decay also clears the optimizer's state,
-        which is what re-creating the optimizer does in the paper's ImageNet, DDG and buffer scripts."""
-        if scheduler is None:
-            return
-        before = optimizer.param_groups[0]["lr"]
-        scheduler.step()
-        if self.reset_at_decay and optimizer.param_groups[0]["lr"] < before:
-            optimizer.state.clear()
-
     def state_dict(self) -> dict[str, Any]:
         raise NotImplementedError
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         raise NotImplementedError
 
+    def stage_files(self) -> list[dict[str, Any]]:
+        """The content of each stage's checkpoint file: weights plus that stage's optimizer state."""
+        per_stage = self.state_dict()["stages"]
+        return [{"model": stage.state_dict(), **extra} for stage, extra in zip(self.stages, per_stage)]
 
-def _result(stage: int, logits: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> StepResult:
-    return StepResult(stage, loss.detach(), (logits.argmax(dim=1) == y).sum(), y.numel())
+    def shared_state(self) -> dict[str, Any]:
+        """Optimizer state that belongs to no single stage (backprop's), saved with the run's metadata."""
+        return self.state_dict()["shared"]
+
+    def load_stage_files(self, files: list[dict[str, Any]], shared: dict[str, Any]) -> None:
+        for stage, state in zip(self.stages, files):
+            stage.load_state_dict(state["model"])
+        self.load_state_dict(
+            {
+                "stages": [{k: v for k, v in f.items() if k in ("optimizer", "scheduler", "scaler")} for f in files],
+                "shared": shared,
+            }
+        )
 
 
 class LocalLearning(Method):
@@ -132,53 +101,43 @@ class LocalLearning(Method):
 
     def __init__(self, stages: Sequence[Stage], **kwargs: Any) -> None:
         super().__init__(stages, **kwargs)
-        self.optimizers = [self._make_optimizer(list(stage.parameters())) for stage in self.stages]
-        self.schedulers = [self._make_scheduler(opt) if self._make_scheduler else None for opt in self.optimizers]
-        self.scalers = [self.precision.make_scaler() for _ in self.stages]
+        self.steps = [
+            StageStep(
+                stage,
+                self._make_optimizer,
+                scheduler=self._make_scheduler,
+                loss_fn=self.loss_fn,
+                precision=self.precision,
+                device=self.device,
+                reset_at_decay=self.reset_at_decay,
+            )
+            for stage in self.stages
+        ]
+
+    @property
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [step.optimizer for step in self.steps]
+
+    @property
+    def schedulers(self) -> list[Any]:
+        return [step.scheduler for step in self.steps]
 
     def local_step(self, index: int, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, StepResult]:
-        """Train stage ``index`` on one batch; return its output (computed before the update) detached.
-
-        This is paper Alg. 1's inner step, shared by every runtime.
-        """
-        stage, optimizer, scaler = self.stages[index], self.optimizers[index], self.scalers[index]
-        optimizer.zero_grad(set_to_none=True)
-        with self.precision.autocast():
-            features, logits = stage(x)
-            loss = F.cross_entropy(logits.float(), y)
-        if scaler is None:
-            loss.backward()
-            optimizer.step()
-        else:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        self._advance_schedule(optimizer, self.schedulers[index])
-        return features.detach(), _result(index, logits, y, loss)
+        """Train stage ``index`` on one batch; return its output (computed before the update) detached."""
+        return self.steps[index].step(x, y)
 
     def current_lrs(self) -> list[float]:
-        return [opt.param_groups[0]["lr"] for opt in self.optimizers]
+        return [step.lr for step in self.steps]
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "stages": [
-                {
-                    "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict() if sched is not None else None,
-                    "scaler": scaler.state_dict() if scaler is not None else None,
-                }
-                for opt, sched, scaler in zip(self.optimizers, self.schedulers, self.scalers)
-            ],
-            "shared": {},
-        }
+        return {"stages": [step.state_dict() for step in self.steps], "shared": {}}
+
+    def stage_files(self) -> list[dict[str, Any]]:
+        return [step.checkpoint() for step in self.steps]
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for stage_state, opt, sched, scaler in zip(state["stages"], self.optimizers, self.schedulers, self.scalers):
-            opt.load_state_dict(stage_state["optimizer"])
-            if sched is not None and stage_state["scheduler"] is not None:
-                sched.load_state_dict(stage_state["scheduler"])
-            if scaler is not None and stage_state["scaler"] is not None:
-                scaler.load_state_dict(stage_state["scaler"])
+        for stage_state, step in zip(state["stages"], self.steps):
+            step.load_state_dict(stage_state)
 
 
 class DGL(LocalLearning):
@@ -254,7 +213,7 @@ class Backprop(Method):
             for stage in self.stages:
                 x = stage.block(x)
             logits = self.stages[-1].head(x)
-            loss = F.cross_entropy(logits.float(), y)
+            loss = self.loss_fn(logits, y)
         if self.scaler is None:
             loss.backward()
             self.optimizer.step()
@@ -262,8 +221,8 @@ class Backprop(Method):
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
-        self._advance_schedule(self.optimizer, self.scheduler)
-        return [_result(len(self.stages) - 1, logits, y, loss)]
+        advance_schedule(self.optimizer, self.scheduler, self.reset_at_decay)
+        return [step_result(len(self.stages) - 1, logits, y, loss)]
 
     def current_lrs(self) -> list[float]:
         return [self.optimizer.param_groups[0]["lr"]]

@@ -2,31 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 
-
-class BatchLoader(Protocol):
-    """What training and evaluation need from a loader.
-
-    ``epoch(e, start_step)`` yields ``(images, labels)`` on the training device; for training
-    loaders the batches are a function of ``(seed, e, step)`` only, so a run can restart mid-epoch.
-    """
-
-    batch_size: int
-
-    def __len__(self) -> int: ...
-
-    def batch_sizes(self) -> list[int]:
-        """The size of every batch of an epoch, in order (the same for every epoch)."""
-        ...
-
-    def epoch(self, epoch: int = 0, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+from degl.data.loader import BatchLoader, DeviceLoader
 
 
 class Dataset(Protocol):
@@ -83,8 +64,6 @@ class ImageData:
         self, *, batch_size: int, eval_batch_size: int, device: torch.device, augment: bool, seed: int
     ) -> tuple[BatchLoader, BatchLoader]:
         """Device-resident loaders: shuffled, augmented training batches and in-order test batches."""
-        from degl.data.loader import DeviceLoader
-
         train = DeviceLoader(self, train=True, batch_size=batch_size, device=device, augment=augment, seed=seed)
         test = DeviceLoader(self, train=False, batch_size=eval_batch_size, device=device)
         return train, test

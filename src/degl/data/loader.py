@@ -7,10 +7,43 @@ restarted at any step and reproduce exactly the same batches (bit-exact resume).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Protocol
 
 import torch
 
-from degl.data.base import BatchLoader, ImageData
+
+class BatchLoader(Protocol):
+    """What training and evaluation need from a loader.
+
+    ``epoch(e, start_step)`` yields ``(images, labels)`` on the training device; for training
+    loaders the batches are a function of ``(seed, e, step)`` only, so a run can restart mid-epoch.
+    """
+
+    batch_size: int
+
+    def __len__(self) -> int: ...
+
+    def batch_sizes(self) -> list[int]:
+        """The size of every batch of an epoch, in order (the same for every epoch)."""
+        ...
+
+    def epoch(self, epoch: int = 0, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+
+class ImageTensors(Protocol):
+    """The uint8 splits and constants a :class:`DeviceLoader` reads (see :class:`degl.data.base.ImageData`)."""
+
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    flip: bool
+    crop_padding: int
+
 
 _MASK = (1 << 63) - 1
 
@@ -54,7 +87,7 @@ class DeviceLoader:
 
     def __init__(
         self,
-        data: ImageData,
+        data: ImageTensors,
         *,
         train: bool,
         batch_size: int,

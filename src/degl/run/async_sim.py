@@ -24,15 +24,16 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from degl import checkpoint
-from degl.config import parse_slowdowns
-from degl.control import Interrupted, StopRequest, epoch_bar
+from degl.core.accounting import train_line
 from degl.core.evaluate import evaluate
+from degl.core.replay_buffer import ReplayBuffer
 from degl.data.loader import mix_seed
 from degl.errors import UserError
-from degl.runstate import EpochStats, Position, RunState, stage_checkpoint
-from degl.runtime.replay_buffer import ReplayBuffer
-from degl.setup import RunSetup
+from degl.run import checkpoint
+from degl.run.config import check_slowdowns
+from degl.run.control import Interrupted, StopRequest, epoch_bar
+from degl.run.runstate import EpochStats, Position, RunState
+from degl.run.setup import RunSetup
 
 
 class AsyncScheduler:
@@ -78,7 +79,7 @@ class AsyncSimTrainer:
         cfg = setup.cfg
         self.setup, self.cfg, self.method = setup, cfg, setup.method
         self.num_stages = len(setup.stages)
-        slowdowns = parse_slowdowns(cfg.slowdown, self.num_stages)
+        slowdowns = check_slowdowns(cfg.slowdown, self.num_stages)
         synchronous = cfg.buffer == 0
         self.scheduler = AsyncScheduler(
             self.num_stages,
@@ -182,16 +183,14 @@ class AsyncSimTrainer:
             epoch = self.steps[stage] // per_epoch
             losses, accs = self.stats[stage].means()
             self.state.metrics.write(
-                {
-                    "epoch": epoch,
-                    "phase": 0,
-                    "stage": stage,
-                    "split": "train",
-                    "loss": losses[0],
-                    "acc": accs[0],
-                    "lr": self.method.current_lrs()[stage],
-                    "step": self.steps[stage],
-                }
+                train_line(
+                    epoch=epoch,
+                    stage=stage,
+                    loss=losses[0],
+                    acc=accs[0],
+                    lr=self.method.current_lrs()[stage],
+                    step=self.steps[stage],
+                )
             )
             self.stats[stage].reset([stage], self.setup.device)
             if epoch == self.cfg.epochs:
@@ -236,14 +235,11 @@ class AsyncSimTrainer:
         done = min(self.steps) >= budget
         self.state.position = Position(1, 0, 0) if done else Position(0, self.global_epoch, 0)
         self.state.extra.update(self._extra())
-        method_state = self.method.state_dict()
-        name = checkpoint.checkpoint_name(sum(self.steps))
-        for k, stage in enumerate(self.setup.stages):
-            state = stage_checkpoint(stage, method_state["stages"][k])
+        files = self.method.stage_files()
+        for k, state in enumerate(files):
             state["epoch_stats"] = self.stats[k].state_dict()
             if k < len(self.buffers):
                 state["buffer"] = self.buffers[k].state_dict()
-            checkpoint.save_stage(self.state.run_dir, name, k, state)
         shared = {
             "async": {
                 "scheduler": self.scheduler.state_dict(),
@@ -255,23 +251,14 @@ class AsyncSimTrainer:
                 "global_epoch": self.global_epoch,
             }
         }
-        checkpoint.commit(self.state.run_dir, name, self.state.meta(EpochStats(), shared), self.num_stages)
+        self.state.save_checkpoint(files, EpochStats(), shared, name=checkpoint.checkpoint_name(sum(self.steps)))
         self.state.write_summary(completed=completed)
 
     def restore(self, path: Path, meta: dict[str, Any]) -> None:
         device = self.setup.device
         states = [checkpoint.load_stage(path, k, device) for k in range(self.num_stages)]
         try:
-            for stage, state in zip(self.setup.stages, states):
-                stage.load_state_dict(state["model"])
-            self.method.load_state_dict(
-                {
-                    "stages": [
-                        {k: v for k, v in s.items() if k in ("optimizer", "scheduler", "scaler")} for s in states
-                    ],
-                    "shared": {},
-                }
-            )
+            self.method.load_stage_files(states, {})
             saved = meta["method_shared"]["async"]
         except (RuntimeError, KeyError, ValueError) as exc:
             raise UserError(f"checkpoint {path} is not an async-dgl checkpoint of this run: {exc}") from None

@@ -20,13 +20,13 @@ from typing import Any
 
 import yaml
 
-from degl import checkpoint
-from degl.config import INVOCATION_KEYS, METHODS, TrainConfig
-from degl.control import Interrupted
 from degl.errors import UserError
-from degl.rundir import write_json
+from degl.run import checkpoint
+from degl.run.config import INVOCATION_KEYS, METHODS, TrainConfig
+from degl.run.control import Interrupted
+from degl.run.rundir import write_json
+from degl.run.train import resume, train
 from degl.runtime.dist import default_threads
-from degl.train import resume, train
 
 
 def parse_list(text: str, *, what: str, cast=str) -> list:
@@ -41,7 +41,7 @@ def parse_list(text: str, *, what: str, cast=str) -> list:
 
 def _same_run(saved: dict[str, Any], wanted: dict[str, Any]) -> bool:
     # An option added to degl after the run was saved had its default then.
-    saved = {**TrainConfig().to_dict(), **saved}
+    saved = {**TrainConfig().to_dict(), **TrainConfig(**saved).to_dict()}  # old runs saved text lists
     keys = set(saved) | set(wanted)
     return all(saved.get(k) == wanted.get(k) for k in keys - INVOCATION_KEYS)
 

@@ -57,8 +57,17 @@ class TrainConfig:
             choices=SPLITS,
         ),
     )
-    cuts: str | None = field(
-        default=None, metadata=_opt("explicit cut points: block indices where stages 2..K start, e.g. 1,3,5")
+    cuts: tuple[int, ...] | None = field(
+        default=None,
+        metadata=_opt("explicit cut points: block indices where stages 2..K start, e.g. 1,3,5", metavar="I,J,..."),
+    )
+    split_at: tuple[str, ...] | None = field(
+        default=None,
+        metadata=_opt(
+            "qualified names of the submodules where stages 2..K start, e.g. layer2,layer4 (see 'degl models "
+            "--stats MODEL' for the names)",
+            metavar="NAME,NAME,...",
+        ),
     )
     # asynchronous DGL (replay buffers between stages)
     buffer: int = field(
@@ -68,11 +77,12 @@ class TrainConfig:
         default="random",
         metadata=_opt("async-dgl simulation: which stage acts next (random: weight 1/slowdown)", choices=ASYNC_ORDERS),
     )
-    slowdown: str | None = field(
+    slowdown: dict[int, float] | None = field(
         default=None,
         metadata=_opt(
-            "STAGE:FACTOR[,STAGE:FACTOR...]: make stages slower (simulation: picked with weight 1/FACTOR; "
-            "with --workers: the rank really computes FACTOR times longer)"
+            "make stages slower (simulation: picked with weight 1/FACTOR; with --workers: the rank really "
+            "computes FACTOR times longer)",
+            metavar="STAGE:FACTOR,...",
         ),
     )
     max_reuse: int | None = field(default=None, metadata=_opt("async-dgl: times a buffered batch may be used"))
@@ -108,7 +118,7 @@ class TrainConfig:
     )
     augment: bool = field(default=True, metadata=_opt("random crop (+flip where it makes sense) on training batches"))
     train_size: int | None = field(default=None, metadata=_opt("use only the first N training samples"))
-    input_shape: str = field(default="3,32,32", metadata=_opt("synthetic data: C,H,W"))
+    input_shape: tuple[int, int, int] = field(default=(3, 32, 32), metadata=_opt("synthetic data", metavar="C,H,W"))
     num_classes: int = field(default=10, metadata=_opt("synthetic data: number of classes"))
     synthetic_size: int = field(default=2048, metadata=_opt("synthetic data: training samples (test: 1/4)"))
     # optimisation
@@ -123,8 +133,9 @@ class TrainConfig:
     schedule: str = field(default="cosine", metadata=_opt("learning-rate schedule", choices=SCHEDULES))
     lr_decay_every: int = field(default=15, metadata=_opt("step schedule: epochs between decays"))
     lr_decay_factor: float = field(default=0.2, metadata=_opt("step/milestones schedule: multiply the lr by this"))
-    lr_milestones: str | None = field(
-        default=None, metadata=_opt("milestones schedule: epochs at which the lr decays, e.g. 150,225")
+    lr_milestones: tuple[int, ...] | None = field(
+        default=None,
+        metadata=_opt("milestones schedule: epochs at which the lr decays, e.g. 150,225", metavar="E,E,..."),
     )
     reset_at_decay: bool = field(
         default=False,
@@ -169,8 +180,31 @@ class TrainConfig:
     out: str | None = field(default=None, metadata=_opt("run directory (default runs/<method>-<model>-<time>)"))
     progress: bool = field(default=True, metadata=_opt("progress bars on stderr"))
 
+    def __post_init__(self) -> None:
+        # List-valued options arrive as text (flags, old run files) or lists (YAML); parsed once, here.
+        for name, parse in LIST_OPTIONS.items():
+            setattr(self, name, parse(getattr(self, name)))
+        # A model in a file is recorded by its absolute path, so the run resumes from anywhere.
+        path, sep, function = self.model.rpartition(":")
+        if sep and path.endswith(".py") and Path(path).is_file():
+            self.model = f"{Path(path).resolve()}:{function}"
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain values (lists, not tuples), safe for YAML and JSON."""
+        values = dataclasses.asdict(self)
+        for name in LIST_OPTIONS:
+            if isinstance(values[name], tuple):
+                values[name] = list(values[name])
+        return values
+
+
+def format_option(value: Any) -> str:
+    """A value as it would be typed on the command line (``3,32,32``, ``1:1.5``)."""
+    if isinstance(value, (tuple, list)):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, dict):
+        return ",".join(f"{k}:{v}" for k, v in value.items())
+    return str(value)
 
 
 # Options that describe the invocation, not the run: they may change when resuming.
@@ -221,13 +255,8 @@ def coerce(name: str, value: Any, *, source: str) -> Any:
         return float(value)
     if kind is int and isinstance(value, bool):
         raise UserError(f"{source}: {flag} must be an integer, got {value!r}")
-    if (
-        kind is str
-        and isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and name in ("cuts", "lr_milestones")
-    ):
-        return str(value)
+    if name in LIST_OPTIONS:
+        return LIST_OPTIONS[name](value)
     if not isinstance(value, kind):
         raise UserError(f"{source}: {flag} must be of type {kind.__name__}, got {type(value).__name__} {value!r}")
     return value
@@ -258,59 +287,102 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 
 
 def make_config(values: dict[str, Any]) -> TrainConfig:
-    """Build and validate a config from field values (missing fields take their defaults)."""
+    """Build and validate a config from field values (missing fields take their defaults).
+
+    ``--split-at`` names K-1 cuts, so it sets ``--stages`` when that is not given.
+    """
+    if values.get("split_at") is not None and "stages" not in values:
+        names = parse_names(values["split_at"]) or ()
+        values = {**values, "stages": len(names) + 1}
     cfg = TrainConfig(**values)
     validate(cfg)
     return cfg
 
 
-def parse_shape(text: str, *, what: str = "--input-shape") -> tuple[int, int, int]:
+def _items(value: Any) -> list[str]:
+    """Comma-separated text, a number or a list, as a list of stripped item strings."""
+    if isinstance(value, (list, tuple)):
+        return [str(v).strip() for v in value]
+    return [p for p in str(value).replace(" ", "").split(",") if p != ""]
+
+
+def parse_shape(value: Any, *, what: str = "--input-shape") -> tuple[int, int, int]:
+    if isinstance(value, tuple) and len(value) == 3 and all(isinstance(v, int) and v > 0 for v in value):
+        return value  # type: ignore[return-value]
     try:
-        shape = tuple(int(p) for p in str(text).split(","))
+        shape = tuple(int(p) for p in _items(value))
     except ValueError:
-        raise UserError(f"{what} must be three integers C,H,W, got {text!r}") from None
+        raise UserError(f"{what} must be three integers C,H,W, got {format_option(value)!r}") from None
     if len(shape) != 3 or min(shape) < 1:
-        raise UserError(f"{what} must be three positive integers C,H,W, got {text!r}")
+        raise UserError(f"{what} must be three positive integers C,H,W, got {format_option(value)!r}")
     return shape  # type: ignore[return-value]
 
 
-def parse_cuts(text: str | None) -> list[int] | None:
-    if text is None:
+def parse_cuts(value: Any) -> tuple[int, ...] | None:
+    if value is None:
         return None
     try:
-        return [int(p) for p in str(text).replace(" ", "").split(",") if p != ""]
+        return tuple(int(p) for p in _items(value))
     except ValueError:
-        raise UserError(f"--cuts must be comma-separated block indices, got {text!r}") from None
+        raise UserError(f"--cuts must be comma-separated block indices, got {format_option(value)!r}") from None
 
 
-def parse_slowdowns(text: str | None, num_stages: int | None = None) -> dict[int, float]:
-    """``"1:1.5,2:2"`` -> ``{1: 1.5, 2: 2.0}``; factors must be >= 1 and stages exist."""
-    if text is None or str(text).strip() == "":
-        return {}
+def parse_names(value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    names = tuple(_items(value))
+    if not names or any(not n for n in names):
+        raise UserError(f"--split-at must be comma-separated submodule names, got {format_option(value)!r}")
+    return names
+
+
+def parse_slowdowns(value: Any) -> dict[int, float] | None:
+    """``"1:1.5,2:2"`` (or a mapping) -> ``{1: 1.5, 2: 2.0}``; factors must be >= 1."""
+    if value is None or (isinstance(value, str) and value.strip() == "") or value == {}:
+        return None
+    pairs = list(value.items()) if isinstance(value, dict) else [p.split(":") for p in _items(value)]
     slowdowns: dict[int, float] = {}
-    for part in str(text).replace(" ", "").split(","):
+    for pair in pairs:
         try:
-            stage_text, factor_text = part.split(":")
+            stage_text, factor_text = pair
             stage, factor = int(stage_text), float(factor_text)
         except ValueError:
-            raise UserError(f"--slowdown must be STAGE:FACTOR[,STAGE:FACTOR...], got {text!r}") from None
-        if factor < 1 or stage < 0 or (num_stages is not None and stage >= num_stages):
-            bound = f"0..{num_stages - 1}" if num_stages is not None else ">= 0"
-            raise UserError(f"--slowdown {part}: the stage must be in {bound} and the factor >= 1")
+            raise UserError(
+                f"--slowdown must be STAGE:FACTOR[,STAGE:FACTOR...], got {format_option(value)!r}"
+            ) from None
+        if factor < 1 or stage < 0:
+            raise UserError(f"--slowdown {stage}:{factor}: the stage must be >= 0 and the factor >= 1")
         slowdowns[stage] = factor
     return slowdowns
 
 
-def parse_milestones(text: str | None) -> tuple[int, ...]:
-    if text is None:
-        return ()
+def check_slowdowns(slowdowns: dict[int, float] | None, num_stages: int) -> dict[int, float]:
+    """The slowdowns of a run with ``num_stages`` stages (every stage named must exist)."""
+    for stage in slowdowns or {}:
+        if stage >= num_stages:
+            raise UserError(f"--slowdown {stage}:...: the stage must be in 0..{num_stages - 1}")
+    return dict(slowdowns or {})
+
+
+def parse_milestones(value: Any) -> tuple[int, ...] | None:
+    if value is None:
+        return None
     try:
-        milestones = tuple(int(p) for p in str(text).replace(" ", "").split(",") if p)
+        milestones = tuple(int(p) for p in _items(value))
     except ValueError:
-        raise UserError(f"--lr-milestones must be comma-separated epochs, got {text!r}") from None
+        raise UserError(f"--lr-milestones must be comma-separated epochs, got {format_option(value)!r}") from None
     if any(m < 1 for m in milestones) or list(milestones) != sorted(set(milestones)):
-        raise UserError(f"--lr-milestones must be increasing positive epochs, got {text!r}")
+        raise UserError(f"--lr-milestones must be increasing positive epochs, got {format_option(value)!r}")
     return milestones
+
+
+LIST_OPTIONS = {
+    "cuts": parse_cuts,
+    "split_at": parse_names,
+    "slowdown": parse_slowdowns,
+    "input_shape": parse_shape,
+    "lr_milestones": parse_milestones,
+}
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -338,7 +410,6 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError(f"--buffer must be 0 or more, got {cfg.buffer}")
     if cfg.max_reuse is not None and cfg.max_reuse < 1:
         raise UserError(f"--max-reuse must be a positive integer, got {cfg.max_reuse}")
-    parse_slowdowns(cfg.slowdown)
     if cfg.buffer_compat == "paper" and cfg.buffer_policy != "priority_lifo":
         raise UserError("--buffer-compat paper only exists for --buffer-policy priority_lifo")
     if cfg.workers is not None and cfg.workers < 1:
@@ -355,10 +426,14 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError(f"--feature-cache-gb must be 0 or more, got {cfg.feature_cache_gb}")
     if cfg.weight_decay < 0 or cfg.momentum < 0:
         raise UserError("--weight-decay and --momentum must not be negative")
-    parse_shape(cfg.input_shape)
-    parse_cuts(cfg.cuts)
-    milestones = parse_milestones(cfg.lr_milestones)
-    if cfg.schedule == "milestones" and not milestones:
+    if cfg.cuts is not None and cfg.split_at is not None:
+        raise UserError("--cuts and --split-at both choose the cut; give one of them")
+    if cfg.split_at is not None and cfg.method != "backprop" and cfg.stages != len(cfg.split_at) + 1:
+        raise UserError(
+            f"--split-at names {len(cfg.split_at)} cut(s), which make {len(cfg.split_at) + 1} stages, "
+            f"but --stages is {cfg.stages}; drop --stages"
+        )
+    if cfg.schedule == "milestones" and not cfg.lr_milestones:
         raise UserError("--schedule milestones needs --lr-milestones, e.g. --lr-milestones 150,225")
     if cfg.reset_at_decay and cfg.schedule not in ("step", "milestones"):
         raise UserError("--reset-at-decay needs a decaying schedule: --schedule step or milestones")

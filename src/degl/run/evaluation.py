@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from degl import checkpoint
-from degl.config import make_config
 from degl.core.evaluate import evaluate
 from degl.errors import UserError
-from degl.setup import build_setup
+from degl.run import checkpoint
+from degl.run.config import make_config
+from degl.run.setup import build_setup
 
 
 def evaluate_run(run_dir: Path, *, device: str | None = None, data_dir: str | None = None) -> dict[str, Any]:

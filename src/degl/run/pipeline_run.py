@@ -1,28 +1,42 @@
-"""Entry point of one pipeline rank, under ``torchrun`` or ``degl train --workers K``."""
+"""``degl train`` with one process per stage: build the rank loop's objects from a config.
+
+Each rank (under ``torchrun``, or started by ``degl train --workers K`` through
+:func:`degl.runtime.launch.start`) calls :func:`run_rank`: rank 0 alone reads the data and owns the
+run directory and tells the others the :class:`~degl.runtime.sync_rank.Plan`; every rank builds its
+:class:`~degl.core.step.StageStep`, :class:`~degl.runtime.sync_rank.Link` and, for async-dgl, its
+replay buffer, and runs the same rank loop as ``degl.train_stage`` and ``degl bench pipeline``.
+:class:`RunRecorder` writes the checkpoints, ``metrics.jsonl`` and ``summary.json``.
+"""
 
 from __future__ import annotations
 
-import os
 import sys
 import traceback
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from degl import checkpoint
-from degl.config import TrainConfig
+from degl.core.accounting import EpochStats, Position
+from degl.core.replay_buffer import ReplayBuffer
+from degl.core.step import Precision, StageStep
+from degl.data.loader import mix_seed
 from degl.errors import UserError
-from degl.rundir import check_new_run_dir, default_run_dir
-from degl.runtime.dist import DistEnv, default_threads, device_for, init_process_group, pin_cpus
-from degl.runtime.pipeline import PipelineInfo, PipelineRank, log
+from degl.run import checkpoint
+from degl.run.config import INVOCATION_KEYS, TrainConfig, check_slowdowns
+from degl.run.rundir import check_new_run_dir, default_run_dir
+from degl.run.runstate import RunState, format_summary
+from degl.run.setup import configure_torch, load_data, loaders, make_stages, optim_settings, prepare_stage, resolve_cuts
+from degl.run.train import create_run_dir
+from degl.runtime.async_rank import AsyncRank
+from degl.runtime.control import IgnoreSignals, StopRequest
+from degl.runtime.dist import DistEnv, staging_device
+from degl.runtime.launch import PEER_FAILED, STOPPED, failures, log, setup_rank, start, watch
+from degl.runtime.sync_rank import Link, Plan, SyncRank
 from degl.runtime.transport import PeerError
-from degl.setup import configure_torch, load_data, make_stages, resolve_cuts
-from degl.train import create_run_dir
-
-PEER_FAILED = 3  # exit status of a rank that stopped because a neighbour failed
 
 
 def check_pipeline_config(cfg: TrainConfig, world_size: int) -> None:
@@ -35,9 +49,19 @@ def check_pipeline_config(cfg: TrainConfig, world_size: int) -> None:
         raise UserError(f"{world_size} processes but --stages {cfg.stages}: the pipeline runs one stage per process")
 
 
-def prepare_first_rank(cfg: TrainConfig, env: DistEnv, resume_dir: Path | None) -> tuple[PipelineInfo, Any]:
+@dataclass
+class PipelineInfo:
+    """What rank 0 tells every rank at start-up (it alone reads the data)."""
+
+    plan: Plan
+    input_shape: tuple[int, int, int]
+    run_dir: str
+    cuts: tuple[int, ...] | None
+
+
+def prepare_first_rank(cfg: TrainConfig, world_size: int, resume_dir: Path | None) -> tuple[PipelineInfo, Any]:
     """Rank 0 alone reads the data and owns the run directory; everything a user can get wrong fails here."""
-    check_pipeline_config(cfg, env.world_size)
+    check_pipeline_config(cfg, world_size)
     if resume_dir is not None:
         _, meta = checkpoint.load_meta(resume_dir)
         if cfg.method == "async-dgl" and meta["position"]["phase"] < 1:
@@ -61,107 +85,262 @@ def prepare_first_rank(cfg: TrainConfig, env: DistEnv, resume_dir: Path | None) 
     )
     if resume_dir is None:
         create_run_dir(cfg, run_dir)
-    info = PipelineInfo(
-        tuple(data.input_shape), data.num_classes, len(train_loader), test_loader.batch_sizes(), str(run_dir), cfg.cuts
+    plan = Plan(
+        tuple(train_loader.batch_sizes()), tuple(test_loader.batch_sizes()), data.num_classes, cfg.epochs, cfg.precision
     )
-    return info, data
+    return PipelineInfo(plan, tuple(data.input_shape), str(run_dir), cfg.cuts), data
+
+
+class RunRecorder:
+    """The run directory of a pipeline run: every rank saves its stage file, rank 0 the rest."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path, state: RunState | None) -> None:
+        self.cfg, self.run_dir, self.state = cfg, run_dir, state
+        self.summary: dict[str, Any] | None = None
+
+    def save(self, rank: int, global_step: int, step: StageStep) -> None:
+        checkpoint.save_stage(self.run_dir, checkpoint.checkpoint_name(global_step), rank, step.checkpoint())
+
+    def _commit(self, reports: list[dict[str, Any]], merged: EpochStats, *, completed: bool) -> None:
+        assert self.state is not None
+        for key, name in (("idle", "idle"), ("recv_wait", "recv_wait"), ("send_wait", "send_wait")):
+            self.state.extra[f"{name}_fraction_per_stage"] = [round(r["timing"][key], 4) for r in reports]
+        name = checkpoint.checkpoint_name(self.state.global_step)
+        checkpoint.commit(self.run_dir, name, self.state.meta(merged, {}), len(reports), verify=False)
+        self.summary = self.state.write_summary(completed=completed)
+
+    def _account(self, reports: list[dict[str, Any]], position: Position) -> EpochStats:
+        assert self.state is not None
+        self.state.train_time_s += max(r["elapsed"] for r in reports)
+        self.state.position = position
+        self.state.global_step = reports[0]["steps"]
+        parts = []
+        for report in reports:
+            part = EpochStats()
+            part.load_state_dict(report["stats"], torch.device("cpu"))
+            parts.append(part)
+        return EpochStats.merge(parts)
+
+    def epoch_end(self, reports: list[dict[str, Any]], *, epoch: int, position: Position, finished: bool) -> None:
+        assert self.state is not None
+        merged = self._account(reports, position)
+        self.state.write_epoch(
+            phase=0,
+            epoch=epoch,
+            train=merged,
+            lrs={r["rank"]: r["lr"] for r in reports},
+            evaluation={r["rank"]: r["eval"] for r in reports},
+        )
+        self._commit(reports, merged, completed=finished)
+
+    def stopped(self, reports: list[dict[str, Any]], *, position: Position) -> None:
+        self._commit(reports, self._account(reports, position), completed=False)
+
+    def async_end(self, reports: list[dict[str, Any]], *, position: Position, completed: bool) -> None:
+        assert self.state is not None
+        self.state.train_time_s = max(r["elapsed"] for r in reports)
+        self.state.position = position
+        self.state.global_step = reports[0]["steps"]
+        lines = sorted((line for r in reports for line in r["lines"]), key=lambda line: (line["epoch"], line["stage"]))
+        for line in lines:
+            self.state.metrics.write(line)
+        for r in reports:
+            self.state.last_eval[r["rank"]] = r["eval"]
+            self.state.metrics.write(
+                {"epoch": self.cfg.epochs, "phase": 0, "stage": r["rank"], "split": "test", **r["eval"]}
+            )
+        self.state.extra.update(
+            {
+                "buffer": self.cfg.buffer,
+                "steps_per_stage": [r["steps"] for r in reports],
+                "steps_per_s_per_stage": [round(r["steps_per_s"], 3) for r in reports],
+                "reuse_per_stage": [round(r["reuse"], 4) for r in reports],
+                "staleness_per_stage": [round(r["staleness"], 4) for r in reports],
+                "buffer_bytes": sum(r["buffer_bytes"] for r in reports),
+            }
+        )
+        accs = " ".join(f"s{r['rank']}={r['eval']['acc']:.2f}" for r in reports)
+        print(f"[async-dgl] test acc {accs}; steps per stage {[r['steps'] for r in reports]}", file=sys.stderr)
+        empty = []
+        for r in reports:
+            stats = EpochStats()
+            stats.reset([r["rank"]], torch.device("cpu"))
+            empty.append(stats)
+        self._commit(reports, EpochStats.merge(empty), completed=completed)
+
+
+def build_rank(cfg: TrainConfig, env: DistEnv, info: PipelineInfo, data: Any) -> tuple[SyncRank, RunRecorder]:
+    """This rank's loop and recorder, from the config and rank 0's :class:`PipelineInfo`."""
+    device, plan = env.device, info.plan
+    stages = make_stages(cfg, SimpleNamespace(input_shape=info.input_shape, num_classes=plan.num_classes))
+    stage = prepare_stage(stages[env.rank], cfg, device)
+    del stages
+    settings = optim_settings(cfg, plan.steps_per_epoch)
+    precision = Precision(
+        cfg.precision, device, init_scale=cfg.loss_scale_init, growth_interval=cfg.loss_scale_growth_interval
+    )
+    step = StageStep(
+        stage,
+        settings.make_optimizer,
+        scheduler=settings.make_scheduler,
+        precision=precision,
+        device=device,
+        reset_at_decay=cfg.reset_at_decay,
+    )
+    link = Link.for_rank(
+        env.rank, env.world_size, device, max_in_flight=cfg.max_in_flight, staging=staging_device(device)
+    )
+    state = None
+    describe = RunState.describe_stages([stage])[0]
+    if env.is_first:
+        stage_info: list[Any] = [None] * env.world_size
+        dist.gather_object(describe, stage_info, dst=0)
+        state = RunState(cfg, Path(info.run_dir), stage_info, str(device), extra={"workers": env.world_size})
+        train_loader, test_loader = loaders(cfg, data, device)
+    else:
+        dist.gather_object(describe, None, dst=0)
+        train_loader = test_loader = None
+    recorder = RunRecorder(cfg, Path(info.run_dir), state)
+    options: dict[str, Any] = {
+        "rank": env.rank,
+        "world": env.world_size,
+        "train_batches": train_loader,
+        "test_batches": test_loader,
+        "recorder": recorder,
+        "slowdown": check_slowdowns(cfg.slowdown, env.world_size).get(env.rank, 1.0),
+        "progress": cfg.progress and env.is_first,
+    }
+    if cfg.method != "async-dgl":
+        return SyncRank(step, link, plan, **options), recorder
+    buffer = None
+    if not env.is_first:
+        buffer = ReplayBuffer(
+            max(cfg.buffer, 1),
+            policy=cfg.buffer_policy,
+            max_reuse=cfg.max_reuse,
+            storage=cfg.buffer_storage,
+            device=device,
+            compat=cfg.buffer_compat,
+            generator=torch.Generator().manual_seed(mix_seed(cfg.seed, 0xB0, env.rank)),
+        )
+    rank = AsyncRank(
+        step, link, plan, buffer=buffer, queue_depth=cfg.max_in_flight, timeout_s=cfg.fault_timeout, **options
+    )
+    return rank, recorder
 
 
 def _fingerprint(cfg: TrainConfig) -> str:
-    from degl.config import INVOCATION_KEYS
-
     return repr(sorted((k, v) for k, v in cfg.to_dict().items() if k not in INVOCATION_KEYS))
 
 
-def run_rank(cfg: TrainConfig, env: DistEnv, *, resume_dir: Path | None, print_summary: bool) -> int:
+def _agree(env: DistEnv, problem: str | None) -> str | None:
+    """Every rank learns the first problem any rank had (None if none)."""
+    problems: list[Any] = [None] * env.world_size
+    dist.all_gather_object(problems, problem)
+    return next((p for p in problems if p), None)
+
+
+def _quit(env: DistEnv, message: str | None, code: int) -> int:
+    if env.is_first and message:
+        print(message, file=sys.stderr)
+    dist.destroy_process_group()
+    return code
+
+
+def run_rank(cfg: TrainConfig, resume_dir: Path | None, print_summary: bool) -> int:
     """Run this process's stage to the end; return the exit status (0, 2 user error, 130 stopped)."""
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", env.world_size))
-    threads = cfg.threads or default_threads(local_world)
-    if cfg.pin_cpus and not cfg.device.startswith("cuda"):
-        pin_cpus(env.local_rank, threads, local_world)
-    torch.set_num_threads(threads)
-    configure_torch(cfg)
-    device = device_for(env, cfg.device)
-    init_process_group(env, device, cfg.fault_timeout)
+    configure_torch(replace(cfg, threads=None))
+    env = setup_rank(threads=cfg.threads, pin=cfg.pin_cpus, device=cfg.device, timeout_s=cfg.fault_timeout)
     try:
         shared: list[Any] = [None]
         data = None
         if env.is_first:
             try:
-                info, data = prepare_first_rank(cfg, env, resume_dir)
+                info, data = prepare_first_rank(cfg, env.world_size, resume_dir)
                 shared = [info]
             except UserError as exc:
                 shared = [str(exc)]
         dist.broadcast_object_list(shared, src=0)
         if isinstance(shared[0], str):
-            if env.is_first:
-                print(f"degl: error: {shared[0]}", file=sys.stderr)
-            dist.destroy_process_group()
-            return 2
+            return _quit(env, f"degl: error: {shared[0]}", 2)
         info: PipelineInfo = shared[0]
-        prints = [None] * env.world_size
-        dist.all_gather_object(prints, _fingerprint(cfg))
-        if len(set(prints)) > 1:
-            if env.is_first:
-                print(
-                    "degl: error: the ranks were started with different options; start them all with the same "
-                    "command line",
-                    file=sys.stderr,
-                )
-            dist.destroy_process_group()
-            return 2
-        rank_class = PipelineRank
-        if cfg.method == "async-dgl":
-            from degl.runtime.async_pipeline import AsyncPipelineRank as rank_class
-        rank = rank_class(replace(cfg, cuts=info.cuts), env, device, info, data)
+        if len(_gather_prints(env, cfg)) > 1:
+            return _quit(
+                env,
+                "degl: error: the ranks were started with different options; start them all with the same command line",
+                2,
+            )
+        rank, recorder = build_rank(replace(cfg, cuts=info.cuts), env, info, data)
         if resume_dir is not None:
             problem = None
             try:
                 path, meta = checkpoint.load_meta(resume_dir)
-                rank.restore(path, meta)
+                rank.restore(checkpoint.load_stage(path, env.rank, env.device), meta)
+                if recorder.state is not None:
+                    recorder.state.restore(meta)
             except (UserError, RuntimeError, KeyError) as exc:
                 problem = f"rank {env.rank}: cannot resume from {resume_dir}: {str(exc).splitlines()[0][:200]}"
-            problems = [None] * env.world_size
-            dist.all_gather_object(problems, problem)
-            if any(problems):
-                if env.is_first:
-                    print(f"degl: error: {next(p for p in problems if p)}", file=sys.stderr)
-                dist.destroy_process_group()
-                return 2
+            problem = _agree(env, problem)
+            if problem:
+                return _quit(env, f"degl: error: {problem}", 2)
             if rank.position.phase >= 1:
-                if env.is_first:
-                    print(f"degl: {resume_dir} is already complete ({rank.global_step} steps)", file=sys.stderr)
-                dist.destroy_process_group()
-                return 0
-        summary, interrupted = rank.fit()
+                return _quit(env, f"degl: {resume_dir} is already complete ({rank.global_step} steps)", 0)
+        message = "stopping the pipeline after this step and writing a checkpoint"
+        with StopRequest(message) if env.is_first else IgnoreSignals() as stop:
+            stopped = rank.fit(max_steps=cfg.max_steps, stop=stop)
+        interrupted = stopped and stop.requested
         dist.destroy_process_group()
     except PeerError as exc:
-        log(env, f"error: {exc}")
-        _hard_exit(PEER_FAILED)
+        log(env.rank, f"error: {exc}")
+        return PEER_FAILED
     except UserError as exc:
-        log(env, f"error: {exc}")
-        _hard_exit(2)
+        log(env.rank, f"error: {exc}")
+        return 2
     except KeyboardInterrupt:
-        log(env, "aborted")
-        _hard_exit(130)
+        log(env.rank, "aborted")
+        return STOPPED
     except Exception:
-        log(env, "internal error:\n" + traceback.format_exc())
-        _hard_exit(1)
-    if env.is_first and summary is not None:
+        log(env.rank, "internal error:\n" + traceback.format_exc())
+        return 1
+    if env.is_first and recorder.summary is not None:
         if interrupted:
             print(
                 f"degl: interrupted; checkpoint saved, continue with: degl train --resume {info.run_dir}",
                 file=sys.stderr,
             )
         elif print_summary:
-            from degl.cli import print_summary as show
+            for line in format_summary(recorder.summary, Path(info.run_dir)):
+                print(line)
+    return STOPPED if interrupted else 0
 
-            show(summary, Path(info.run_dir))
-    return 130 if interrupted else 0
+
+def _gather_prints(env: DistEnv, cfg: TrainConfig) -> set[str]:
+    prints: list[Any] = [None] * env.world_size
+    dist.all_gather_object(prints, _fingerprint(cfg))
+    return set(prints)
 
 
-def _hard_exit(code: int) -> None:
-    """Leave at once: tearing down a process group whose peers died can block for the whole timeout."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+def launch_local(cfg: TrainConfig, *, resume_dir: Path | None) -> int:
+    """``degl train --workers K``: run the pipeline as K local processes; return the exit status."""
+    num = cfg.workers or 1
+    check_pipeline_config(cfg, num)
+    if resume_dir is None:
+        run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg.method, cfg.model)
+        check_new_run_dir(run_dir)
+        cfg = replace(cfg, out=str(run_dir))
+    else:
+        run_dir = resume_dir
+    codes = watch(start(run_rank, num, (cfg, resume_dir, False)), cfg.fault_timeout)
+    problem = failures(codes)
+    if problem is not None:
+        print(f"degl: error: {problem}", file=sys.stderr)
+        return 1
+    if codes[0] in (2, STOPPED):
+        return codes[0]
+    summary_path = run_dir / "summary.json"
+    if summary_path.is_file():
+        import json
+
+        for line in format_summary(json.loads(summary_path.read_text()), run_dir):
+            print(line)
+    return 0

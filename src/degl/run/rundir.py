@@ -10,8 +10,8 @@ from typing import Any
 
 import yaml
 
-from degl.checkpoint import atomic_write_bytes, latest_checkpoint
 from degl.errors import UserError
+from degl.run.checkpoint import atomic_write_bytes, latest_checkpoint
 
 
 def default_run_dir(method: str, model: str) -> Path:

@@ -15,70 +15,11 @@ import torch
 from tqdm.auto import tqdm
 
 import degl
-from degl import checkpoint
-from degl.config import TrainConfig
-from degl.core.methods import StepResult
+from degl.core.accounting import EpochStats, Position, train_line
 from degl.core.stage import Stage
-from degl.rundir import MetricsLog, write_json
-
-
-@dataclass
-class Position:
-    """Where training stands: ``step`` batches of epoch ``epoch`` of phase ``phase`` are done."""
-
-    phase: int = 0
-    epoch: int = 0
-    step: int = 0
-
-    def after_epoch(self, epochs_per_phase: int) -> Position:
-        if self.epoch + 1 == epochs_per_phase:
-            return Position(self.phase + 1, 0, 0)
-        return Position(self.phase, self.epoch + 1, 0)
-
-
-@dataclass
-class EpochStats:
-    """Running sums of the trained heads' training loss and accuracy over the current epoch."""
-
-    stages: list[int] = field(default_factory=list)
-    loss_sum: torch.Tensor | None = None
-    correct: torch.Tensor | None = None
-    count: int = 0
-
-    def reset(self, stages: list[int], device: torch.device) -> None:
-        self.stages = list(stages)
-        self.loss_sum = torch.zeros(len(stages), dtype=torch.float64, device=device)
-        self.correct = torch.zeros(len(stages), dtype=torch.int64, device=device)
-        self.count = 0
-
-    def add(self, results: list[StepResult]) -> None:
-        assert self.loss_sum is not None and self.correct is not None
-        for i, result in enumerate(results):
-            self.loss_sum[i] += result.loss.double() * result.count
-            self.correct[i] += result.correct
-        self.count += results[0].count
-
-    def means(self) -> tuple[list[float], list[float]]:
-        assert self.loss_sum is not None and self.correct is not None
-        n = max(self.count, 1)
-        return (self.loss_sum / n).tolist(), (100.0 * self.correct.double() / n).tolist()
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"stages": self.stages, "loss_sum": self.loss_sum, "correct": self.correct, "count": self.count}
-
-    def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
-        self.stages = list(state["stages"])
-        self.loss_sum = state["loss_sum"].to(device)
-        self.correct = state["correct"].to(device)
-        self.count = int(state["count"])
-
-    @staticmethod
-    def merge(parts: list[EpochStats]) -> EpochStats:
-        """Stats of several processes (one stage each) as if one process had trained them all."""
-        merged = EpochStats(stages=[s for p in parts for s in p.stages], count=parts[0].count)
-        merged.loss_sum = torch.cat([p.loss_sum.cpu() for p in parts])  # type: ignore[union-attr]
-        merged.correct = torch.cat([p.correct.cpu() for p in parts])  # type: ignore[union-attr]
-        return merged
+from degl.run import checkpoint
+from degl.run.config import TrainConfig
+from degl.run.rundir import MetricsLog, write_json
 
 
 @dataclass
@@ -116,16 +57,9 @@ class RunState:
         losses, accs = train.means()
         for stage, loss, acc in zip(train.stages, losses, accs):
             self.metrics.write(
-                {
-                    "epoch": number,
-                    "phase": phase,
-                    "stage": stage,
-                    "split": "train",
-                    "loss": loss,
-                    "acc": acc,
-                    "lr": lrs[stage],
-                    "step": self.global_step,
-                }
+                train_line(
+                    epoch=number, phase=phase, stage=stage, loss=loss, acc=acc, lr=lrs[stage], step=self.global_step
+                )
             )
         for stage, values in sorted(evaluation.items()):
             self.last_eval[stage] = values
@@ -204,7 +138,33 @@ class RunState:
     def checkpoint_name(self) -> str:
         return checkpoint.checkpoint_name(self.global_step)
 
+    def save_checkpoint(
+        self,
+        stage_files: list[dict[str, Any]],
+        epoch_stats: EpochStats,
+        method_shared: dict[str, Any],
+        *,
+        name: str | None = None,
+    ) -> None:
+        """Every stage's file, then the metadata and the ``latest`` pointer (one process holds every stage)."""
+        name = name or self.checkpoint_name
+        for index, state in enumerate(stage_files):
+            checkpoint.save_stage(self.run_dir, name, index, state)
+        checkpoint.commit(self.run_dir, name, self.meta(epoch_stats, method_shared), len(stage_files))
 
-def stage_checkpoint(stage: Stage, method_stage_state: dict[str, Any]) -> dict[str, Any]:
-    """The content of ``stage-<k>.pt``: weights plus that stage's optimizer/schedule/scaler state."""
-    return {"model": stage.state_dict(), **method_stage_state}
+
+def format_summary(summary: dict[str, Any], run_dir: Path) -> list[str]:
+    """The lines ``degl train`` prints at the end of a run."""
+    per_stage = " ".join(f"{acc:.2f}" for acc in summary["test_acc_per_stage"])
+    state = "complete" if summary["completed"] else f"stopped after {summary['steps_completed']} steps"
+    lines = [
+        f"run: {run_dir} ({state})",
+        f"method {summary['method']}, model {summary['model']}, {summary['stages']} stage(s), "
+        f"{summary['epochs_completed']} epoch(s), {summary['train_time_s']:.1f}s training",
+    ]
+    if summary["test_acc"] is not None:
+        lines.append(
+            f"test accuracy per stage (%): {per_stage}; final {summary['test_acc']:.2f}; "
+            f"ensemble {summary['test_acc_ensemble']:.2f}"
+        )
+    return lines

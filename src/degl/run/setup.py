@@ -12,7 +12,6 @@ from typing import Any
 
 import torch
 
-from degl.config import TrainConfig, parse_cuts, parse_milestones, parse_shape, parse_slowdowns
 from degl.core.methods import Method, build_method
 from degl.core.optim import OptimSettings
 from degl.core.split import build_stages
@@ -21,6 +20,7 @@ from degl.data import BatchLoader, Dataset, load_dataset
 from degl.data.loader import ChannelsLast
 from degl.errors import UserError
 from degl.models import build_model
+from degl.run.config import TrainConfig, check_slowdowns
 
 
 def resolve_device(name: str) -> torch.device:
@@ -59,7 +59,7 @@ def load_data(cfg: TrainConfig) -> Dataset:
     data = load_dataset(
         cfg.dataset,
         data_dir=cfg.data_dir,
-        input_shape=parse_shape(cfg.input_shape),
+        input_shape=cfg.input_shape,
         num_classes=cfg.num_classes,
         synthetic_size=cfg.synthetic_size,
         image_size=cfg.image_size,
@@ -78,11 +78,13 @@ def make_stages(cfg: TrainConfig, data: Dataset) -> list[Stage]:
     backbone = build_model(
         cfg.model, width=cfg.width, input_shape=data.input_shape, num_classes=data.num_classes, dropout=cfg.dropout
     )
-    return build_stages(backbone, num_stages_for(cfg), aux=cfg.aux, cuts=parse_cuts(cfg.cuts), split=cfg.split)
+    # Backprop trains the whole network as one stage: no cut applies.
+    split_at = cfg.split_at if num_stages_for(cfg) > 1 else None
+    return build_stages(backbone, num_stages_for(cfg), aux=cfg.aux, cuts=cfg.cuts, split_at=split_at, split=cfg.split)
 
 
 def check_async_options(cfg: TrainConfig, num_stages: int, *, processes: int = 1) -> None:
-    parse_slowdowns(cfg.slowdown, num_stages)
+    check_slowdowns(cfg.slowdown, num_stages)
     if cfg.slowdown and cfg.method != "async-dgl" and processes == 1:
         raise UserError("--slowdown applies to --method async-dgl, or to runs with --workers")
 
@@ -93,11 +95,11 @@ def resolve_cuts(cfg: TrainConfig, data: Dataset) -> TrainConfig:
     Timings differ between processes and runs; deciding once and saving the result means every
     rank and every resume builds exactly the same stages.
     """
-    if cfg.split != "time" or cfg.cuts is not None or num_stages_for(cfg) == 1:
+    if cfg.split != "time" or cfg.cuts is not None or cfg.split_at is not None or num_stages_for(cfg) == 1:
         return cfg
     with torch.random.fork_rng():
         stages = make_stages(cfg, data)
-    return replace(cfg, cuts=",".join(str(stage.block_indices[0]) for stage in stages[1:]))
+    return replace(cfg, cuts=tuple(stage.block_indices[0] for stage in stages[1:]))
 
 
 def optim_settings(cfg: TrainConfig, steps_per_epoch: int) -> OptimSettings:
@@ -112,7 +114,7 @@ def optim_settings(cfg: TrainConfig, steps_per_epoch: int) -> OptimSettings:
         steps_per_epoch=steps_per_epoch,
         lr_decay_every=cfg.lr_decay_every,
         lr_decay_factor=cfg.lr_decay_factor,
-        lr_milestones=parse_milestones(cfg.lr_milestones),
+        lr_milestones=cfg.lr_milestones or (),
         reset_at_decay=cfg.reset_at_decay,
     )
 

@@ -1,7 +1,7 @@
 """One training run in one process: the loop, checkpoints, resume, progress bars and Ctrl-C.
 
-For several processes (one stage each) see :mod:`degl.runtime.pipeline`; both write the same run
-directory through :class:`degl.runstate.RunState`.
+For several processes (one stage each) see :mod:`degl.run.pipeline_run`; both write the same run
+directory through :class:`degl.run.runstate.RunState`.
 """
 
 from __future__ import annotations
@@ -14,17 +14,17 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from degl import checkpoint
-from degl.config import TrainConfig
-from degl.control import Interrupted, StopRequest, epoch_bar, step_bar
 from degl.core.evaluate import evaluate
 from degl.core.feature_cache import FrozenFeatureCache
 from degl.core.methods import SequentialGreedy
 from degl.data.base import BatchLoader
 from degl.errors import UserError
-from degl.rundir import check_new_run_dir, default_run_dir, write_config
-from degl.runstate import EpochStats, Position, RunState, stage_checkpoint
-from degl.setup import RunSetup, build_setup
+from degl.run import checkpoint
+from degl.run.config import TrainConfig
+from degl.run.control import Interrupted, StopRequest, epoch_bar, step_bar
+from degl.run.rundir import check_new_run_dir, default_run_dir, write_config
+from degl.run.runstate import EpochStats, Position, RunState
+from degl.run.setup import RunSetup, build_setup
 
 
 class Trainer:
@@ -45,15 +45,7 @@ class Trainer:
         )
 
     def save_checkpoint(self) -> None:
-        method_state = self.method.state_dict()
-        name = self.state.checkpoint_name
-        for index, stage in enumerate(self.setup.stages):
-            checkpoint.save_stage(
-                self.state.run_dir, name, index, stage_checkpoint(stage, method_state["stages"][index])
-            )
-        checkpoint.commit(
-            self.state.run_dir, name, self.state.meta(self.stats, method_state["shared"]), len(self.setup.stages)
-        )
+        self.state.save_checkpoint(self.method.stage_files(), self.stats, self.method.shared_state())
 
     def restore(self, path: Path, meta: dict[str, Any]) -> None:
         device = self.setup.device
@@ -61,14 +53,7 @@ class Trainer:
         if meta["num_stages"] != len(self.setup.stages):
             raise UserError(f"checkpoint {path} has {meta['num_stages']} stages, this run {len(self.setup.stages)}")
         try:
-            for stage, state in zip(self.setup.stages, stage_states):
-                stage.load_state_dict(state["model"])
-            self.method.load_state_dict(
-                {
-                    "stages": [{k: v for k, v in s.items() if k != "model"} for s in stage_states],
-                    "shared": meta["method_shared"],
-                }
-            )
+            self.method.load_stage_files(stage_states, meta["method_shared"])
         except (RuntimeError, KeyError, ValueError) as exc:
             raise UserError(
                 f"checkpoint {path} does not match this run's model: {str(exc).splitlines()[0][:160]}"
@@ -163,7 +148,7 @@ class Trainer:
 def make_trainer(setup: RunSetup, run_dir: Path) -> Trainer:
     """The single-process trainer for the method: the batch loop, or the async-dgl simulation."""
     if setup.cfg.method == "async-dgl":
-        from degl.runtime.async_sim import AsyncSimTrainer
+        from degl.run.async_sim import AsyncSimTrainer
 
         return AsyncSimTrainer(setup, run_dir)  # type: ignore[return-value]
     return Trainer(setup, run_dir)
@@ -193,7 +178,7 @@ def train(cfg: TrainConfig) -> tuple[dict[str, Any], Path]:
 
 def resume_config(run_dir: Path, overrides: dict[str, Any]) -> tuple[Path, dict[str, Any], TrainConfig]:
     """The checkpoint to resume from, its metadata, and the saved config with invocation overrides."""
-    from degl.config import INVOCATION_KEYS, make_config
+    from degl.run.config import INVOCATION_KEYS, make_config
 
     path, meta = checkpoint.load_meta(run_dir)
     saved = dict(meta["config"])

@@ -1,15 +1,15 @@
 """Process-group plumbing: who am I, which device, how to reach the others.
 
 Ranks are started either by ``torchrun`` (single or multi-node, its rendezvous sets RANK,
-WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) or by ``degl train --workers K``, which sets the
-same variables for K local processes. Rank k runs stage k.
+WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) or by :func:`degl.launch` / ``degl train
+--workers K``, which set the same variables for K local processes. Rank k runs stage k.
 """
 
 from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 
 import torch
@@ -17,13 +17,21 @@ import torch.distributed as dist
 
 from degl.errors import UserError
 
+CPU = torch.device("cpu")
+
 
 @dataclass(frozen=True)
 class DistEnv:
+    """Who this rank is: what ``fn`` receives from :func:`degl.launch`."""
+
     rank: int
     world_size: int
     local_rank: int
     launcher: str  # "torchrun" or "degl"
+    device: torch.device = CPU
+
+    def on(self, device: torch.device) -> DistEnv:
+        return replace(self, device=device)
 
     @property
     def is_first(self) -> bool:
@@ -41,7 +49,7 @@ def dist_env() -> DistEnv | None:
     world_size = int(os.environ["WORLD_SIZE"])
     if world_size < 2:
         return None
-    launcher = "degl" if os.environ.get("DEGL_WORKER") == "1" else "torchrun"
+    launcher = "degl" if os.environ.get("DEGL_LAUNCHED") == "1" else "torchrun"
     return DistEnv(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", os.environ["RANK"])), launcher)
 
 

@@ -12,7 +12,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -121,15 +121,16 @@ class BackgroundInbox:
     For consumers that must never block on their producer (asynchronous DGL): :meth:`take` returns
     what has arrived without waiting. A thread is needed because a gloo receive's
     ``is_completed()`` only turns true inside ``wait()``, although the bytes arrive in the
-    background. The thread stops after the message for which ``last(message)`` is true.
+    background. ``specs(i)`` gives the shapes of the ``i``-th message. The thread stops after the
+    message for which ``last(message)`` is true.
     """
 
     def __init__(
         self,
         src: int,
         device: torch.device,
-        specs: Sequence[TensorSpec],
-        last,
+        specs: Callable[[int], Sequence[TensorSpec]],
+        last: Callable[[list[torch.Tensor]], bool],
         *,
         capacity: int,
         timeout_s: float,
@@ -143,8 +144,11 @@ class BackgroundInbox:
 
         def receive() -> None:
             try:
+                count = 0
                 while True:
-                    tensors = [torch.empty(shape, dtype=dtype, device=staging or device) for shape, dtype in specs]
+                    where = staging or device
+                    tensors = [torch.empty(shape, dtype=dtype, device=where) for shape, dtype in specs(count)]
+                    count += 1
                     _wait_all([dist.irecv(t, src) for t in tensors], src, "receiving from")
                     if staging is not None:
                         tensors = [t.to(device) for t in tensors]

@@ -1,0 +1,157 @@
+"""Train one stage per process from Python: the pipeline API behind ``degl.train_stage``.
+
+Inside a function started by :func:`degl.launch` (or under ``torchrun``), every rank builds the
+same stages (same seed), and :func:`train_stage` trains stage ``env.rank`` in the synchronous (or
+asynchronous) pipeline. Rank 0 alone needs the data. This is the rank loop the CLI runs, with no
+run directory: the reports come back as :attr:`PipelineResult.history`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from degl.core.replay_buffer import ReplayBuffer
+from degl.core.stage import Stage
+from degl.core.step import LossFn, StageStep
+from degl.runtime.async_rank import AsyncRank
+from degl.runtime.control import IgnoreSignals, StopRequest
+from degl.runtime.dist import DistEnv, staging_device
+from degl.runtime.sync_rank import BatchSource, Link, Plan, SyncRank
+
+
+class IterableSource:
+    """Adapts a re-iterable of batches (a list, a ``torch.utils.data.DataLoader``) to :class:`BatchSource`."""
+
+    def __init__(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device) -> None:
+        self.batches, self.device = batches, device
+
+    def epoch(self, epoch: int = 0, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for x, y in itertools.islice(iter(self.batches), start_step, None):
+            yield x.to(self.device), y.to(self.device)
+
+
+def batch_sizes(batches: Any, what: str) -> tuple[int, ...]:
+    """Every batch size of one pass, known in advance: degl loaders say so, DataLoaders are computed."""
+    if hasattr(batches, "batch_sizes"):
+        return tuple(batches.batch_sizes())
+    if isinstance(batches, torch.utils.data.DataLoader) and batches.batch_size is not None:
+        n, size = len(batches.dataset), batches.batch_size  # type: ignore[arg-type]
+        full, rest = divmod(n, size)
+        return (size,) * full + ((rest,) if rest and not batches.drop_last else ())
+    if isinstance(batches, (list, tuple)):
+        return tuple(len(y) for _, y in batches)
+    raise ValueError(
+        f"{what} must be a degl loader, a torch DataLoader with a batch_size, or a list of (x, y) batches: "
+        "the other ranks must know every batch size before the first step"
+    )
+
+
+@dataclass
+class PipelineResult:
+    """What :func:`train_stage` returns on every rank."""
+
+    step: StageStep
+    """This rank's trained stage with its optimizer."""
+    stopped: bool
+    history: list[dict[str, Any]] = field(default_factory=list)
+    """Rank 0: per epoch, every rank's report (test loss/accuracy, lr, idle fractions)."""
+
+    def test_acc(self) -> list[float] | None:
+        """Rank 0: the last epoch's test accuracy of every stage (percent), if the test set was given."""
+        if not self.history or self.history[-1]["reports"][0]["eval"] is None:
+            return None
+        return [r["eval"]["acc"] for r in self.history[-1]["reports"]]
+
+
+def train_stage(
+    env: DistEnv,
+    stages: Sequence[Stage],
+    optimizer: Any,
+    *,
+    train_batches: Any = None,
+    test_batches: Any = None,
+    epochs: int = 1,
+    scheduler: Any = None,
+    loss_fn: LossFn | None = None,
+    precision: str = "fp32",
+    max_in_flight: int = 2,
+    max_steps: int | None = None,
+    method: str = "dgl",
+    buffer_size: int = 4,
+    max_reuse: int | None = None,
+    progress: bool = True,
+) -> PipelineResult:
+    """Train stage ``env.rank`` of ``stages`` in the pipeline of ``env.world_size`` processes.
+
+    Args:
+        env: from :func:`degl.launch` (or ``setup_rank`` under torchrun).
+        stages: all K stages, built identically on every rank (seed first); K = world size.
+        optimizer: ``f(params) -> optimizer`` (each rank builds its stage's own).
+        train_batches, test_batches: rank 0's data (degl loader, DataLoader or list of batches);
+            ignored on the other ranks. Without ``test_batches`` nothing is evaluated.
+        scheduler: ``f(optimizer) -> lr scheduler``, stepped every training step.
+        method: ``dgl`` (synchronous, bit-identical to :class:`degl.DGL`) or ``async-dgl`` (replay
+            buffers of ``buffer_size`` batches between ranks, each reused at most ``max_reuse`` times).
+    """
+    if len(stages) != env.world_size:
+        raise ValueError(
+            f"{len(stages)} stages for {env.world_size} processes: the pipeline runs one stage per process"
+        )
+    if method not in ("dgl", "async-dgl"):
+        raise ValueError(f"method must be 'dgl' or 'async-dgl', got {method!r}")
+    if env.rank == 0 and train_batches is None:
+        raise ValueError("rank 0 needs train_batches")
+    device = env.device
+    stage = stages[env.rank].to(device)
+    step = StageStep(stage, optimizer, scheduler=scheduler, loss_fn=loss_fn, precision=precision, device=device)
+    plan: list[Any] = [None]
+    if env.rank == 0:
+        eval_sizes = batch_sizes(test_batches, "test_batches") if test_batches is not None else ()
+        num_classes = _num_classes(stages[-1])
+        plan = [Plan(batch_sizes(train_batches, "train_batches"), eval_sizes, num_classes, epochs, precision)]
+    dist.broadcast_object_list(plan, src=0)
+    source: BatchSource | None = None
+    if env.rank == 0:
+        source = train_batches if hasattr(train_batches, "epoch") else IterableSource(train_batches, device)
+    link = Link.for_rank(env.rank, env.world_size, device, max_in_flight=max_in_flight, staging=staging_device(device))
+    options: dict[str, Any] = {
+        "rank": env.rank,
+        "world": env.world_size,
+        "train_batches": source,
+        "test_batches": _OnDevice(test_batches, device) if env.rank == 0 and test_batches is not None else None,
+        "progress": progress,
+    }
+    if method == "dgl":
+        rank = SyncRank(step, link, plan[0], **options)
+    else:
+        buffer = ReplayBuffer(buffer_size, max_reuse=max_reuse, device=device) if env.rank > 0 else None
+        rank = AsyncRank(step, link, plan[0], buffer=buffer, queue_depth=max_in_flight, **options)
+    with StopRequest("stopping the pipeline after this step") if env.rank == 0 else IgnoreSignals() as stop:
+        stopped = rank.fit(max_steps=max_steps, stop=stop)
+    return PipelineResult(step, stopped, rank.history)
+
+
+class _OnDevice:
+    """Re-iterable view of test batches moved to the rank's device (evaluated after every epoch)."""
+
+    def __init__(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device) -> None:
+        self.batches, self.device = batches, device
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for x, y in self.batches:
+            yield x.to(self.device), y.to(self.device)
+
+
+def _num_classes(last: Stage) -> int:
+    with torch.no_grad():
+        was = last.training
+        last.eval()
+        probe = last.head(torch.zeros(1, *last.out_shape, device=next(last.parameters()).device))
+        last.train(was)
+    return int(probe.shape[-1])

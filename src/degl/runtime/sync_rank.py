@@ -1,0 +1,412 @@
+"""The synchronous DGL pipeline's rank loop: rank k trains stage k, one batch behind rank k-1.
+
+Only activations and labels flow forward (``isend``/``irecv``); nothing flows backwards but control
+(the epoch-end gather and the stop decision). Every rank sees the same (input, parameter-version)
+sequence as the single-process loop of paper Alg. 1, so with one thread per process and
+deterministic algorithms the weights end bit-identical to :class:`degl.DGL` in one process.
+
+The loop is built from objects, so the CLI, ``degl bench pipeline`` and a user's script run the
+same code: a :class:`~degl.core.step.StageStep`, a :class:`Link` to the neighbours, a
+:class:`Plan` every rank agrees on, rank 0's batches, and an optional :class:`Recorder` that
+writes checkpoints and metrics (the run directory, for the CLI).
+
+Messages (shapes are known from the plan, so receives are posted early):
+    train:  [activations (n, *shape), meta int64 (labels..., control, epoch, step)]
+    eval:   [activations (n, *shape), meta, ensemble float32 (n, classes)]
+A STOP (a step budget or Ctrl-C on rank 0) replaces a train message and travels down the line.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+import torch.distributed as dist
+
+from degl.core.accounting import EpochStats, Position
+from degl.core.evaluate import EvalAccumulator, EvalResult, ensemble_weight
+from degl.core.step import StageStep
+from degl.runtime.control import progress_bar
+from degl.runtime.transport import Inbox, Outbox, TensorSpec
+
+DATA, STOP, DONE = 0, 1, 2
+WIRE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What every rank knows before the first step (rank 0 decides it and tells the others)."""
+
+    train_sizes: tuple[int, ...]
+    """The batch size of every training step of an epoch (the same every epoch)."""
+    eval_sizes: tuple[int, ...]
+    num_classes: int
+    epochs: int
+    wire: str = "fp32"
+    """dtype of activations on the wire: fp32, bf16 or fp16."""
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.train_sizes)
+
+    @property
+    def wire_dtype(self) -> torch.dtype:
+        return WIRE_DTYPES[self.wire]
+
+
+class BatchSource(Protocol):
+    """Rank 0's training batches: ``epoch(e, start_step)`` yields ``(x, y)`` (degl's loaders do)."""
+
+    def epoch(self, epoch: int = 0, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+
+class Recorder(Protocol):
+    """Where a pipeline's results go. Every rank calls ``save``; only rank 0 calls the others."""
+
+    def save(self, rank: int, global_step: int, step: StageStep) -> None: ...
+
+    def epoch_end(self, reports: list[dict[str, Any]], *, epoch: int, position: Position, finished: bool) -> None: ...
+
+    def stopped(self, reports: list[dict[str, Any]], *, position: Position) -> None: ...
+
+    def async_end(self, reports: list[dict[str, Any]], *, position: Position, completed: bool) -> None: ...
+
+
+@dataclass
+class Link:
+    """A rank's connections: receive from rank - 1, send to rank + 1 (``None`` at the ends)."""
+
+    inbox: Inbox | None
+    outbox: Outbox | None
+
+    @classmethod
+    def for_rank(
+        cls, rank: int, world: int, device: torch.device, *, max_in_flight: int = 2, staging: torch.device | None = None
+    ) -> Link:
+        inbox = Inbox(rank - 1, device, staging) if rank > 0 else None
+        outbox = Outbox(rank + 1, max_in_flight, staging) if rank < world - 1 else None
+        return cls(inbox, outbox)
+
+    def waits(self) -> tuple[float, float]:
+        return (self.inbox.wait_s if self.inbox else 0.0, self.outbox.wait_s if self.outbox else 0.0)
+
+
+def pack(y: torch.Tensor, control: int, epoch: int, step: int) -> torch.Tensor:
+    return torch.cat([y, torch.tensor([control, epoch, step], dtype=torch.int64, device=y.device)])
+
+
+def unpack(meta: torch.Tensor) -> tuple[torch.Tensor, int, int, int]:
+    control, epoch, step = meta[-3:].tolist()
+    return meta[:-3], control, epoch, step
+
+
+@dataclass
+class Timing:
+    """Where one rank's training time went during an epoch (seconds), with a mark after every step:
+    ``(time, busy so far, waiting to receive so far, waiting to send so far)``."""
+
+    compute: float = 0.0
+    data: float = 0.0
+    elapsed: float = 0.0
+    marks: list[tuple[float, float, float, float]] = field(default_factory=list)
+
+    @property
+    def step_ends(self) -> list[float]:
+        return [mark[0] for mark in self.marks]
+
+    def mark(self, waits: tuple[float, float]) -> None:
+        self.marks.append((time.perf_counter(), self.compute + self.data, *waits))
+
+    def idle_fraction(self, recv_wait: float, send_wait: float) -> dict[str, float]:
+        busy = self.compute + self.data
+        elapsed = max(self.elapsed, 1e-9)
+        return {"idle": 1 - busy / elapsed, "recv_wait": recv_wait / elapsed, "send_wait": send_wait / elapsed}
+
+    def idle_fraction_between(self, first: int, last: int) -> dict[str, float]:
+        """The same fractions over the steps after step ``first`` up to step ``last`` (1-based counts)."""
+        a, b = self.marks[first - 1], self.marks[last - 1]
+        elapsed = max(b[0] - a[0], 1e-9)
+        return {
+            "idle": 1 - (b[1] - a[1]) / elapsed,
+            "recv_wait": (b[2] - a[2]) / elapsed,
+            "send_wait": (b[3] - a[3]) / elapsed,
+        }
+
+
+class SyncRank:
+    """One rank of the synchronous pipeline.
+
+    Args:
+        step: this rank's stage step.
+        link: connections to the neighbouring ranks.
+        plan: batch sizes, epochs and wire format, the same on every rank.
+        rank, world: this rank and the number of ranks (= stages).
+        train_batches: rank 0's batches; ignored on the other ranks.
+        test_batches: rank 0's test batches (sizes ``plan.eval_sizes``); evaluation runs after every
+            epoch when the plan has eval sizes.
+        recorder: saves checkpoints and metrics; ``None`` keeps the reports in :attr:`history`.
+        slowdown: emulate a slower device (this rank's steps take that many times as long).
+        progress: show a progress bar (rank 0).
+    """
+
+    def __init__(
+        self,
+        step: StageStep,
+        link: Link,
+        plan: Plan,
+        *,
+        rank: int,
+        world: int,
+        train_batches: BatchSource | None = None,
+        test_batches: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
+        recorder: Recorder | None = None,
+        slowdown: float = 1.0,
+        progress: bool = False,
+    ) -> None:
+        if rank == 0 and train_batches is None:
+            raise ValueError("rank 0 needs train_batches")
+        self.step_obj, self.link, self.plan = step, link, plan
+        self.rank, self.world = rank, world
+        self.train_batches, self.test_batches = train_batches, test_batches
+        self.recorder = recorder
+        self.slowdown = slowdown
+        self.progress = progress and rank == 0
+        self.device = step.device
+        self.wire = plan.wire_dtype
+        self.stats = EpochStats()
+        self.position = Position()
+        self.global_step = 0
+        self.timing = Timing()
+        self.history: list[dict[str, Any]] = []
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        return tuple(self.step_obj.stage.in_shape)
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        return tuple(self.step_obj.stage.out_shape)
+
+    # ------------------------------------------------------------------ specs
+    def train_spec(self, step: int) -> list[TensorSpec]:
+        n = self.plan.train_sizes[step]
+        return [((n, *self.in_shape), self.wire), ((n + 3,), torch.int64)]
+
+    def eval_spec(self, i: int) -> list[TensorSpec]:
+        n = self.plan.eval_sizes[i]
+        return [((n, *self.in_shape), self.wire), ((n + 3,), torch.int64), ((n, self.plan.num_classes), torch.float32)]
+
+    # ------------------------------------------------------------------ resume
+    def restore(self, stage_state: dict[str, Any], meta: dict[str, Any]) -> None:
+        """Continue from a checkpoint: this stage's file and the run's metadata."""
+        self.step_obj.load_checkpoint(stage_state)
+        saved = meta["epoch_stats"]
+        if self.rank in saved["stages"]:
+            row = saved["stages"].index(self.rank)
+            self.stats.load_state_dict(
+                {
+                    "stages": [self.rank],
+                    "loss_sum": saved["loss_sum"][row : row + 1],
+                    "correct": saved["correct"][row : row + 1],
+                    "count": saved["count"],
+                },
+                self.device,
+            )
+        self.position = Position(**meta["position"])
+        self.global_step = int(meta["global_step"])
+
+    # ------------------------------------------------------------------ training
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _train(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        tick = time.perf_counter()
+        out, result = self.step_obj.step(x, y)
+        self._sync()
+        spent = time.perf_counter() - tick
+        if self.slowdown > 1:  # emulate a slower device: this rank's step takes FACTOR times as long
+            time.sleep((self.slowdown - 1) * spent)
+            spent *= self.slowdown
+        self.timing.compute += spent
+        self.stats.add([result])
+        return out
+
+    def _send_control(self, control: int, n: int) -> None:
+        """A control message in place of a train message of ``n`` samples (the size the next rank expects)."""
+        if self.link.outbox is not None:
+            zeros = torch.zeros(n, *self.out_shape, dtype=self.wire, device=self.device)
+            labels = torch.zeros(n, dtype=torch.int64, device=self.device)
+            self.link.outbox.send([zeros, pack(labels, control, 0, 0)])
+            self.link.outbox.flush()
+
+    def _after_step(self, step: int) -> None:
+        self.global_step += 1
+        self.position.step = step + 1
+        self.timing.mark(self.link.waits())
+
+    def train_epoch_first(self, epoch: int, first_step: int, stop: Any, budget: list[int]) -> bool:
+        """Rank 0: read batches, train, send. Returns True when it decided to stop mid-epoch."""
+        assert self.train_batches is not None
+        n = self.plan.steps_per_epoch
+        batches = self.train_batches.epoch(epoch, first_step)
+        outbox = self.link.outbox
+        with progress_bar(n, first_step, f"epoch {epoch + 1}", enabled=self.progress, leave=False) as bar:
+            for step in range(first_step, n):
+                tick = time.perf_counter()
+                x, y = next(batches)
+                self.timing.data += time.perf_counter() - tick
+                out = self._train(x, y)
+                if outbox is not None:
+                    outbox.send([out.to(self.wire), pack(y, DATA, epoch, step)])
+                self._after_step(step)
+                budget[0] -= 1
+                bar.update(1)
+                if step % 10 == 0 and self.timing.compute > 0:
+                    rate = (step + 1 - first_step) * self.plan.train_sizes[0] / (time.perf_counter() - self._start)
+                    bar.set_postfix_str(f"{rate:.0f} samples/s", refresh=False)
+                if (budget[0] == 0 or stop.requested) and step + 1 < n:
+                    self._send_control(STOP, self.plan.train_sizes[step + 1])
+                    return True
+        return False
+
+    def train_epoch_next(self, epoch: int, first_step: int) -> bool:
+        """Ranks 1..K-1: receive, train, pass on. Returns True when a STOP arrived."""
+        inbox, outbox = self.link.inbox, self.link.outbox
+        assert inbox is not None
+        n = self.plan.steps_per_epoch
+        if not inbox.pending:
+            inbox.post(self.train_spec(first_step))
+        for step in range(first_step, n):
+            x, meta = inbox.wait()
+            y, control, sent_epoch, sent_step = unpack(meta)
+            if control == STOP:
+                self._send_control(STOP, self.plan.train_sizes[step])
+                return True
+            assert (sent_epoch, sent_step) == (epoch, step), f"pipeline out of step: got {(sent_epoch, sent_step)}"
+            # Post the next receive before computing, so the transfer overlaps with this step.
+            if step + 1 < n:
+                inbox.post(self.train_spec(step + 1))
+            elif self.plan.eval_sizes:
+                inbox.post(self.eval_spec(0))
+            elif epoch + 1 < self.plan.epochs:
+                inbox.post(self.train_spec(0))
+            out = self._train(x, y)
+            if outbox is not None:
+                outbox.send([out.to(self.wire), meta])
+            self._after_step(step)
+        return False
+
+    @torch.no_grad()
+    def evaluate(self) -> EvalResult | None:
+        """Forward-only pass of the test set through the pipeline; each rank scores its own head."""
+        sizes = self.plan.eval_sizes
+        if not sizes:
+            return None
+        inbox, outbox = self.link.inbox, self.link.outbox
+        stage = self.step_obj.stage
+        stage.eval()
+        acc = EvalAccumulator([self.rank])
+        weight = ensemble_weight(self.rank)
+        if inbox is None:
+            assert self.test_batches is not None, "rank 0 needs test_batches when the plan has eval sizes"
+            batches = iter(self.test_batches)
+        elif not inbox.pending:
+            inbox.post(self.eval_spec(0))
+        for i in range(len(sizes)):
+            if inbox is None:
+                x, y = next(batches)
+                meta, ensemble = pack(y, DATA, -1, i), None
+            else:
+                x, meta, ensemble = inbox.wait()
+                if i + 1 < len(sizes):
+                    inbox.post(self.eval_spec(i + 1))
+                y = meta[:-3]
+            h = self.step_obj.features(x)
+            logits = self.step_obj.logits(h)
+            weighted = logits.softmax(dim=1) * weight
+            ensemble = weighted if ensemble is None else ensemble + weighted
+            acc.count += y.numel()
+            acc.add(0, logits, y, ensemble)
+            if outbox is not None:
+                outbox.send([h.to(self.wire), meta, ensemble])
+        if outbox is not None:
+            outbox.flush()
+        stage.train()
+        return acc.result()
+
+    # ------------------------------------------------------------------ epoch end / stop
+    def report(self, evaluation: EvalResult | None) -> dict[str, Any]:
+        """This rank's account of the epoch, gathered by rank 0."""
+        return {
+            "rank": self.rank,
+            "stats": {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in self.stats.state_dict().items()},
+            "eval": None if evaluation is None else evaluation.by_stage()[self.rank],
+            "lr": self.step_obj.lr,
+            "timing": self.timing.idle_fraction(*self.link.waits()),
+            "elapsed": self.timing.elapsed,
+            "steps": self.global_step,
+        }
+
+    def save_and_gather(self, evaluation: EvalResult | None) -> list[dict[str, Any]] | None:
+        """Every rank saves its stage, then rank 0 gathers the reports (this is also the barrier)."""
+        if self.recorder is not None:
+            self.recorder.save(self.rank, self.global_step, self.step_obj)
+        reports = [None] * self.world if self.rank == 0 else None
+        dist.gather_object(self.report(evaluation), reports, dst=0)
+        return reports
+
+    def fit(self, *, max_steps: int | None = None, stop: Any = None) -> bool:
+        """Train from :attr:`position` to the end or to a stop; return True when stopped early.
+
+        ``stop`` is rank 0's stop flag (an object with a ``requested`` attribute, e.g. a
+        :class:`~degl.runtime.control.StopRequest` the caller has entered).
+        """
+        first = self.rank == 0
+        stop = stop if stop is not None else _NeverStop()
+        start = self.position
+        budget = [max_steps if max_steps is not None else -1]
+        epochs = self.plan.epochs
+        with progress_bar(epochs, start.epoch, "dgl pipeline epochs", enabled=self.progress, unit="ep") as bar:
+            for epoch in range(start.epoch, epochs):
+                resumed = epoch == start.epoch and start.step > 0
+                first_step = start.step if resumed else 0
+                if not resumed:
+                    self.stats.reset([self.rank], self.device)
+                self.position = Position(0, epoch, first_step)
+                self.timing = Timing()
+                self._start = time.perf_counter()
+                stopped = (
+                    self.train_epoch_first(epoch, first_step, stop, budget)
+                    if first
+                    else self.train_epoch_next(epoch, first_step)
+                )
+                self.timing.elapsed = time.perf_counter() - self._start
+                if stopped:
+                    reports = self.save_and_gather(None)
+                    if first and self.recorder is not None:
+                        self.recorder.stopped(reports, position=self.position)  # type: ignore[arg-type]
+                    return True
+                evaluation = self.evaluate()
+                self.position = self.position.after_epoch(epochs)
+                reports = self.save_and_gather(evaluation)
+                decision: list[Any] = [None]
+                if first:
+                    assert reports is not None
+                    finished = self.position.phase == 1
+                    self.history.append({"epoch": epoch + 1, "reports": reports})
+                    if self.recorder is not None:
+                        self.recorder.epoch_end(reports, epoch=epoch, position=self.position, finished=finished)
+                    bar.update(1)
+                    decision = [not finished and (budget[0] == 0 or stop.requested)]
+                dist.broadcast_object_list(decision, src=0)
+                if decision[0]:
+                    return True
+        return False
+
+
+class _NeverStop:
+    requested = False

@@ -1,0 +1,53 @@
+"""``degl.launch`` and ``degl.train_stage``: the pipeline from Python, over torch's own launcher."""
+
+import pytest
+import torch
+
+import degl
+from launch_fns import fail_on_rank_one, kill_rank_one, sgd, tiny_batches, tiny_stages, train_tiny_pipeline, whoami
+
+pytestmark = pytest.mark.distributed
+
+
+def test_launch_returns_each_ranks_result_with_its_own_threads():
+    results = degl.launch(whoami, nprocs=2, args=("hello",), threads=1)
+    assert results == [("hello", 0, 2, 1), ("hello", 1, 2, 1)]
+
+
+def test_python_pipeline_equals_single_process_dgl_bit_for_bit():
+    results = degl.launch(train_tiny_pipeline, nprocs=3, args=(2,), threads=1)
+    torch.set_num_threads(1)
+    stages = tiny_stages(3)
+    reference = degl.DGL(stages, make_optimizer=sgd)
+    batches = tiny_batches(6)
+    for _ in range(2):
+        for x, y in batches:
+            reference.train_step(x, y)
+    for rank, result in enumerate(results):
+        assert result["rank"] == rank
+        expected = stages[rank].state_dict()
+        assert expected.keys() == result["weights"].keys()
+        for key, tensor in expected.items():
+            assert torch.equal(tensor, result["weights"][key]), (rank, key)
+    evaluation = degl.evaluate(stages, tiny_batches(2, size=10, seed=2))
+    assert results[0]["test_acc"] == pytest.approx(evaluation.acc, abs=1e-9)
+    assert results[1]["test_acc"] is None  # only rank 0 gathers the reports
+
+
+def test_a_rank_that_raises_is_named():
+    with pytest.raises(RuntimeError, match=r"rank 1 \(stage 1\) exited with status 1"):
+        degl.launch(fail_on_rank_one, nprocs=2, threads=1, timeout_s=20)
+
+
+def test_a_rank_that_dies_is_named():
+    with pytest.raises(RuntimeError, match=r"rank 1 \(stage 1\) exited with status 7"):
+        degl.launch(kill_rank_one, nprocs=2, threads=1, timeout_s=20)
+
+
+def test_train_stage_refuses_a_world_that_does_not_match_the_stages():
+    with pytest.raises(RuntimeError, match="rank 0"):
+        degl.launch(train_tiny_pipeline_wrong, nprocs=2, threads=1, timeout_s=20)
+
+
+def train_tiny_pipeline_wrong(env):
+    return degl.train_stage(env, tiny_stages(3), sgd, train_batches=tiny_batches(2))
