@@ -8,12 +8,12 @@ STAMP := $(VENV)/.degl-installed
 
 install: $(STAMP) data
 
-# torch and torchvision are capped in pyproject.toml at the versions this project is tested with
-# (2.14.1 / 0.29.1); pip takes them from local wheels where the machine has them.
-$(STAMP): pyproject.toml
+# pyproject.toml declares the oldest torch/torchvision degl works with; constraints.txt pins the exact
+# versions this project is tested with (pip takes them from local wheels where the machine has them).
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 data: $(STAMP)
