@@ -38,6 +38,8 @@ from degl.runtime.launch import PEER_FAILED, STOPPED, failures, log, setup_rank,
 from degl.runtime.sync_rank import Link, Plan, SyncRank
 from degl.runtime.transport import PeerError
 
+IDLE_HINT = 0.25  # a rank waiting more than this for its input is worth a note
+
 
 def check_pipeline_config(cfg: TrainConfig, world_size: int) -> None:
     if cfg.method not in ("dgl", "async-dgl"):
@@ -56,7 +58,10 @@ class PipelineInfo:
     plan: Plan
     input_shape: tuple[int, int, int]
     run_dir: str
-    cuts: tuple[int, ...] | None
+    cuts: tuple[int, ...]
+    """Where stages 1..K-1 begin (block indices), as rank 0 found them."""
+    recorded_cuts: tuple[int, ...] | None
+    """``--cuts`` as the run records it (a measured ``--split time`` cut is recorded)."""
 
 
 def prepare_first_rank(cfg: TrainConfig, world_size: int, resume_dir: Path | None) -> tuple[PipelineInfo, Any]:
@@ -75,7 +80,10 @@ def prepare_first_rank(cfg: TrainConfig, world_size: int, resume_dir: Path | Non
         check_new_run_dir(run_dir)
     data = load_data(cfg)
     cfg = resolve_cuts(cfg, data)
-    make_stages(cfg, data)  # model, K and aux errors surface before anything is written
+    # Model, K and aux errors surface here, before anything is written; the cut found is sent to
+    # every rank, which then builds its stages without measuring the blocks again.
+    with torch.random.fork_rng():
+        stages = make_stages(cfg, data)
     train_loader, test_loader = data.loaders(
         batch_size=cfg.batch_size,
         eval_batch_size=cfg.eval_batch_size,
@@ -88,7 +96,8 @@ def prepare_first_rank(cfg: TrainConfig, world_size: int, resume_dir: Path | Non
     plan = Plan(
         tuple(train_loader.batch_sizes()), tuple(test_loader.batch_sizes()), data.num_classes, cfg.epochs, cfg.precision
     )
-    return PipelineInfo(plan, tuple(data.input_shape), str(run_dir), cfg.cuts), data
+    cuts = tuple(stage.block_indices[0] for stage in stages[1:])
+    return PipelineInfo(plan, tuple(data.input_shape), str(run_dir), cuts, cfg.cuts), data
 
 
 class RunRecorder:
@@ -97,6 +106,7 @@ class RunRecorder:
     def __init__(self, cfg: TrainConfig, run_dir: Path, state: RunState | None) -> None:
         self.cfg, self.run_dir, self.state = cfg, run_dir, state
         self.summary: dict[str, Any] | None = None
+        self.hinted = False
 
     def save(self, rank: int, global_step: int, step: StageStep) -> None:
         checkpoint.save_stage(self.run_dir, checkpoint.checkpoint_name(global_step), rank, step.checkpoint())
@@ -108,6 +118,19 @@ class RunRecorder:
         name = checkpoint.checkpoint_name(self.state.global_step)
         checkpoint.commit(self.run_dir, name, self.state.meta(merged, {}), len(reports), verify=False)
         self.summary = self.state.write_summary(completed=completed)
+        self._hint_balance(reports)
+
+    def _hint_balance(self, reports: list[dict[str, Any]]) -> None:
+        """Once per run: say when a rank mostly waited and the cut was not balanced by measured time."""
+        idle = [r["timing"]["recv_wait"] for r in reports]
+        worst = max(range(len(idle)), key=idle.__getitem__)
+        if idle[worst] > IDLE_HINT and self.cfg.split != "time" and self.cfg.cuts is None and not self.hinted:
+            self.hinted = True
+            print(
+                f"degl: note: rank {worst} waited {idle[worst]:.0%} of the epoch for its input: the stages are "
+                "unbalanced; --split time cuts where the measured step times are even",
+                file=sys.stderr,
+            )
 
     def _account(self, reports: list[dict[str, Any]], position: Position) -> EpochStats:
         assert self.state is not None
@@ -172,7 +195,9 @@ class RunRecorder:
 def build_rank(cfg: TrainConfig, env: DistEnv, info: PipelineInfo, data: Any) -> tuple[SyncRank, RunRecorder]:
     """This rank's loop and recorder, from the config and rank 0's :class:`PipelineInfo`."""
     device, plan = env.device, info.plan
-    stages = make_stages(cfg, SimpleNamespace(input_shape=info.input_shape, num_classes=plan.num_classes))
+    # Rank 0's cut, as block indices: no cost measurement (FLOPs counting alone takes ~2 s to warm up).
+    explicit = replace(cfg, cuts=info.cuts, split_at=None, split="blocks")
+    stages = make_stages(explicit, SimpleNamespace(input_shape=info.input_shape, num_classes=plan.num_classes))
     stage = prepare_stage(stages[env.rank], cfg, device)
     del stages
     settings = optim_settings(cfg, plan.steps_per_epoch)
@@ -270,7 +295,7 @@ def run_rank(cfg: TrainConfig, resume_dir: Path | None, print_summary: bool) -> 
                 "degl: error: the ranks were started with different options; start them all with the same command line",
                 2,
             )
-        rank, recorder = build_rank(replace(cfg, cuts=info.cuts), env, info, data)
+        rank, recorder = build_rank(replace(cfg, cuts=info.recorded_cuts), env, info, data)
         if resume_dir is not None:
             problem = None
             try:
@@ -330,7 +355,9 @@ def launch_local(cfg: TrainConfig, *, resume_dir: Path | None) -> int:
         cfg = replace(cfg, out=str(run_dir))
     else:
         run_dir = resume_dir
-    codes = watch(start(run_rank, num, (cfg, resume_dir, False)), cfg.fault_timeout)
+    # This process has only parsed the command line (no torch computation): forking is safe and saves
+    # each rank importing torch again.
+    codes = watch(start(run_rank, num, (cfg, resume_dir, False), start_method="fork"), cfg.fault_timeout)
     problem = failures(codes)
     if problem is not None:
         print(f"degl: error: {problem}", file=sys.stderr)
