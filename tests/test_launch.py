@@ -51,3 +51,23 @@ def test_train_stage_refuses_a_world_that_does_not_match_the_stages():
 
 def train_tiny_pipeline_wrong(env):
     return degl.train_stage(env, tiny_stages(3), sgd, train_batches=tiny_batches(2))
+
+
+def test_a_mostly_waiting_rank_gets_a_balance_note(capsys, tmp_path):
+    from degl.run.config import TrainConfig
+    from degl.run.pipeline_run import RunRecorder
+
+    def reports(waits):
+        return [{"timing": {"recv_wait": w}} for w in waits]
+
+    recorder = RunRecorder(TrainConfig(), tmp_path, None)
+    recorder._hint_balance(reports([0.0, 0.1]))
+    assert "note" not in capsys.readouterr().err
+    recorder._hint_balance(reports([0.0, 0.48]))
+    note = capsys.readouterr().err
+    assert "rank 1 waited 48%" in note and "--split time" in note
+    recorder._hint_balance(reports([0.0, 0.48]))  # once per run
+    assert capsys.readouterr().err == ""
+    timed = RunRecorder(TrainConfig(split="time"), tmp_path, None)
+    timed._hint_balance(reports([0.0, 0.48]))  # already balanced by measured time: nothing to suggest
+    assert capsys.readouterr().err == ""
