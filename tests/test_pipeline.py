@@ -94,11 +94,14 @@ def test_stopped_pipeline_resumes_to_the_same_result(tmp_path):
     done = run_degl("train", *EXACT, "--workers", "2", "--max-steps", "5", "--out", str(parts))
     assert done.returncode == 0, done.stderr
     assert summary(parts)["steps_completed"] == 5 and not summary(parts)["completed"]
-    # The checkpoint format is the same for every runtime: finish in one process, then compare.
-    done = run_degl("train", "--resume", str(parts), "--max-steps", "6")
+    # The checkpoint format is the same for every runtime: 6 more steps in one process, then the
+    # rest in two processes again; the result equals the uninterrupted one-process run.
+    done = run_degl("train", "--resume", str(parts), "--workers", "1", "--max-steps", "6")
     assert done.returncode == 0, done.stderr
-    done = run_degl("train", "--resume", str(parts))  # back to 2 workers (the saved setting)
+    assert summary(parts)["steps_completed"] == 11 and "workers" not in summary(parts)  # written by one process
+    done = run_degl("train", "--resume", str(parts), "--workers", "2")  # back to two processes
     assert done.returncode == 0, done.stderr
+    assert summary(parts)["workers"] == 2
     assert summary(parts)["completed"]
     assert_same_run(whole, parts)
 
