@@ -113,8 +113,8 @@ class RunRecorder:
 
     def _commit(self, reports: list[dict[str, Any]], merged: EpochStats, *, completed: bool) -> None:
         assert self.state is not None
-        for key, name in (("idle", "idle"), ("recv_wait", "recv_wait"), ("send_wait", "send_wait")):
-            self.state.extra[f"{name}_fraction_per_stage"] = [round(r["timing"][key], 4) for r in reports]
+        for key in ("idle", "recv_wait", "send_wait"):
+            self.state.extra[f"{key}_fraction_per_stage"] = [round(r["timing"][key], 4) for r in reports]
         name = checkpoint.checkpoint_name(self.state.global_step)
         checkpoint.commit(self.run_dir, name, self.state.meta(merged, {}), len(reports), verify=False)
         self.summary = self.state.write_summary(completed=completed)

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from degl.core.accounting import Position, train_line
 from degl.core.evaluate import EvalResult
 from degl.core.replay_buffer import ReplayBuffer
-from degl.runtime.sync_rank import DATA, DONE, SyncRank, pack, unpack
+from degl.runtime.sync_rank import DATA, DONE, NeverStop, SyncRank, pack, unpack
 from degl.runtime.transport import BackgroundInbox
 
 
@@ -117,11 +117,10 @@ class AsyncRank(SyncRank):
 
     def _consume(self) -> None:
         assert self.buffer is not None
-        spec = self.train_spec(0)
         receiver = BackgroundInbox(
             self.rank - 1,
             self.device,
-            lambda _: spec,
+            self.train_spec(0),
             lambda message: unpack(message[1])[1] == DONE,
             capacity=self.queue_depth,
             timeout_s=self.timeout_s,
@@ -150,10 +149,9 @@ class AsyncRank(SyncRank):
     def fit(self, *, max_steps: int | None = None, stop: Any = None) -> bool:
         """Train until rank 0 has used its data (or stopped); evaluate; return True when stopped early."""
         first = self.rank == 0
-        stop = stop if stop is not None else type("NeverStop", (), {"requested": False})()
+        stop = stop if stop is not None else NeverStop()
         self.stats.reset([self.rank], self.device)
-        start = time.perf_counter()
-        self._start = start
+        start = self._start = time.perf_counter()
         if first:
             self._produce(stop, max_steps)
         else:

@@ -180,6 +180,7 @@ class SyncRank:
         self.position = Position()
         self.global_step = 0
         self.timing = Timing()
+        self._start = time.perf_counter()  # when the current epoch's training began
         self.history: list[dict[str, Any]] = []
 
     @property
@@ -265,7 +266,7 @@ class SyncRank:
                 self._after_step(step)
                 budget[0] -= 1
                 bar.update(1)
-                if step % 10 == 0 and self.timing.compute > 0:
+                if step % 10 == 0:
                     rate = (step + 1 - first_step) * self.plan.train_sizes[0] / (time.perf_counter() - self._start)
                     bar.set_postfix_str(f"{rate:.0f} samples/s", refresh=False)
                 if (budget[0] == 0 or stop.requested) and step + 1 < n:
@@ -366,7 +367,7 @@ class SyncRank:
         :class:`~degl.runtime.control.StopRequest` the caller has entered).
         """
         first = self.rank == 0
-        stop = stop if stop is not None else _NeverStop()
+        stop = stop if stop is not None else NeverStop()
         start = self.position
         budget = [max_steps if max_steps is not None else -1]
         epochs = self.plan.epochs
@@ -408,5 +409,7 @@ class SyncRank:
         return False
 
 
-class _NeverStop:
+class NeverStop:
+    """The stop flag of a loop nobody can interrupt."""
+
     requested = False

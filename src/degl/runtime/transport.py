@@ -121,15 +121,15 @@ class BackgroundInbox:
     For consumers that must never block on their producer (asynchronous DGL): :meth:`take` returns
     what has arrived without waiting. A thread is needed because a gloo receive's
     ``is_completed()`` only turns true inside ``wait()``, although the bytes arrive in the
-    background. ``specs(i)`` gives the shapes of the ``i``-th message. The thread stops after the
-    message for which ``last(message)`` is true.
+    background. Every message has the shapes ``specs``. The thread stops after the message for
+    which ``last(message)`` is true.
     """
 
     def __init__(
         self,
         src: int,
         device: torch.device,
-        specs: Callable[[int], Sequence[TensorSpec]],
+        specs: Sequence[TensorSpec],
         last: Callable[[list[torch.Tensor]], bool],
         *,
         capacity: int,
@@ -144,11 +144,8 @@ class BackgroundInbox:
 
         def receive() -> None:
             try:
-                count = 0
                 while True:
-                    where = staging or device
-                    tensors = [torch.empty(shape, dtype=dtype, device=where) for shape, dtype in specs(count)]
-                    count += 1
+                    tensors = [torch.empty(shape, dtype=dtype, device=staging or device) for shape, dtype in specs]
                     _wait_all([dist.irecv(t, src) for t in tensors], src, "receiving from")
                     if staging is not None:
                         tensors = [t.to(device) for t in tensors]
