@@ -11,6 +11,7 @@ entries are left out; no reader needs them).
 
 from __future__ import annotations
 
+import pickle
 import struct
 from pathlib import Path
 
@@ -113,9 +114,12 @@ def _batches(arrays: dict) -> list[tuple[str, np.ndarray, np.ndarray]]:
 
 
 def write_cifar10_python(
-    directory: str | Path, n_per_batch: int = 20, n_test: int | None = None, seed: int = 0
+    directory: str | Path, n_per_batch: int = 20, n_test: int | None = None, seed: int = 0, protocol: int | None = None
 ) -> Path:
-    """Write ``directory/cifar-10-batches-py`` (5 train batches, test_batch, batches.meta); return it."""
+    """Write ``directory/cifar-10-batches-py`` (5 train batches, test_batch, batches.meta); return it.
+
+    ``protocol``: None writes the official files' Python 2 pickles; a number, Python 3's own
+    ``pickle.dumps`` at that protocol (how a re-saved copy looks)."""
     folder = Path(directory) / "cifar-10-batches-py"
     folder.mkdir(parents=True, exist_ok=True)
     arrays = make_cifar10_arrays(n_per_batch, n_test, seed)
@@ -127,14 +131,18 @@ def write_cifar10_python(
             b"batch_label": title.encode(),
             b"filenames": [f"{LABEL_NAMES[label]}_s_{i:06d}.png".encode() for i, label in enumerate(labels)],
         }
-        (folder / name).write_bytes(Py2Pickler().dumps(batch))
+        (folder / name).write_bytes(_dumps(batch, protocol))
     meta = {
         b"num_cases_per_batch": len(arrays["train_labels"]) // 5,
         b"label_names": [name.encode() for name in LABEL_NAMES],
         b"num_vis": 3072,
     }
-    (folder / "batches.meta").write_bytes(Py2Pickler().dumps(meta))
+    (folder / "batches.meta").write_bytes(_dumps(meta, protocol))
     return folder
+
+
+def _dumps(value: object, protocol: int | None) -> bytes:
+    return Py2Pickler().dumps(value) if protocol is None else pickle.dumps(value, protocol=protocol)
 
 
 def write_cifar10_binary(

@@ -78,6 +78,26 @@ class Payload:
         return self.func, (self.arg,)
 
 
+@pytest.mark.parametrize("protocol", [0, 2, 3, 4, 5])
+def test_batches_pickled_by_python3_load_like_the_official_ones(tmp_path, protocol):
+    # At protocols 0-2 Python 3 writes bytes (numpy's raw data among them) as _codecs.encode calls.
+    official = load_cifar10(write_cifar10_python(tmp_path / "py2", n_per_batch=3).parent)
+    resaved = load_cifar10(write_cifar10_python(tmp_path / "py3", n_per_batch=3, protocol=protocol).parent)
+    for key in ("train_images", "train_labels", "test_images", "test_labels"):
+        assert torch.equal(getattr(official, key), getattr(resaved, key)), key
+    assert official.train_images.float().std() > 0  # real pixels, not an all-zero default
+
+
+def test_codecs_other_than_latin1_are_refused(tmp_path):
+    folder = write_cifar10_python(tmp_path, n_per_batch=2)
+    raw = b"\x80\x02c_codecs\nencode\nq\x00X\x01\x00\x00\x00xX\x05\x00\x00\x00rot13\x86R."
+    (folder / "data_batch_1").write_bytes(raw)
+    with pytest.raises(
+        UserError, match=r"refusing to load .*data_batch_1: it calls _codecs.encode with encoding 'rot13'"
+    ):
+        load_cifar10(tmp_path)
+
+
 @pytest.mark.parametrize("protocol", [0, 2, 4])
 @pytest.mark.parametrize("kind", ["os.system", "exec", "nested"])
 def test_malicious_pickle_is_refused_without_running_it(tmp_path, protocol, kind):

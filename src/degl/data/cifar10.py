@@ -1,8 +1,9 @@
 """CIFAR-10 from its official files: python batches (pickles) or binary batches, validated before use.
 
 The python batches are pickles written by Python 2 numpy. Unpickling runs code named by the file, so
-they are read with :class:`BatchUnpickler`, which resolves only the three numpy globals a genuine
-batch references and refuses everything else before it can run. When both formats are present the
+they are read with :class:`BatchUnpickler`, which resolves only the numpy globals a genuine
+batch references (and the latin-1 ``_codecs.encode`` that Python 3 writes for bytes at protocol 2)
+and refuses everything else before it can run. When both formats are present the
 binary one is preferred: it needs no unpickling at all.
 """
 
@@ -106,12 +107,24 @@ def _numpy_globals() -> dict[tuple[str, str], Any]:
     # Ask numpy for its array-rebuilding function rather than importing numpy.core, which moved to
     # numpy._core in numpy 2; files written by numpy 1 (or Python 2) name the old module.
     reconstruct = np.empty(0, np.uint8).__reduce__()[0]
+    from_buffer = np.empty(1, np.uint8).__reduce_ex__(5)[0]  # how protocol 5 rebuilds an array
     return {
+        ("numpy.core.numeric", "_frombuffer"): from_buffer,
+        ("numpy._core.numeric", "_frombuffer"): from_buffer,
         ("numpy.core.multiarray", "_reconstruct"): reconstruct,
         ("numpy._core.multiarray", "_reconstruct"): reconstruct,
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): _latin1_encode,
     }
+
+
+def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
+    """What Python 3's pickler calls to rebuild ``bytes`` at protocols < 3 (numpy arrays' raw data
+    among them): ``_codecs.encode(text, "latin1")``. Only that text-to-bytes codec is honoured."""
+    if not isinstance(text, str) or encoding.replace("-", "").replace("_", "").lower() != "latin1":
+        raise RefusedPickle(f"_codecs.encode with encoding {encoding!r}")
+    return text.encode("latin1")
 
 
 class BatchUnpickler(pickle.Unpickler):
