@@ -162,6 +162,19 @@ def fmt(values: list[float]) -> str:
     return f"{mean:.2f}" if len(values) == 1 else f"{mean:.2f} ± {std:.2f}"
 
 
+def git_commit() -> str:
+    """The commit results come from, marked when the working tree differs from it."""
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True, text=True
+        )
+    except OSError:
+        return "unknown"
+    return head.stdout.strip() + (" + uncommitted changes" if dirty.stdout.strip() else "")
+
+
 def write_results(results_dir: str | Path, stem: str, markdown: str, data: dict[str, Any]) -> tuple[Path, Path]:
     folder = Path(results_dir)
     folder.mkdir(parents=True, exist_ok=True)

@@ -88,3 +88,15 @@ SYNTH = [
     "32",
     "--no-progress",
 ]
+
+
+def read_metrics(run: Path) -> list[dict] | None:
+    """A run's metrics.jsonl lines without their wall-clock field (``time_s``), which differs
+    between otherwise identical runs; None before the first epoch has ended."""
+    import json
+
+    path = Path(run) / "metrics.jsonl"
+    if not path.exists():
+        return None
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    return [{k: v for k, v in line.items() if k != "time_s"} for line in lines]

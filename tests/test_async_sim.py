@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from conftest import SYNTH
+from conftest import SYNTH, read_metrics
 from degl.cli import main
 from degl.run import checkpoint
 from degl.run.async_sim import AsyncScheduler
@@ -37,7 +37,7 @@ def test_buffer_one_round_robin_equals_synchronous_dgl(tmp_path, capsys):
         )
         == 0
     )
-    assert read(sync, "metrics.jsonl") == read(async_, "metrics.jsonl")
+    assert read_metrics(sync) == read_metrics(async_)
     pa, _ = checkpoint.load_meta(sync)
     pb, _ = checkpoint.load_meta(async_)
     for k in range(3):
@@ -47,14 +47,37 @@ def test_buffer_one_round_robin_equals_synchronous_dgl(tmp_path, capsys):
     assert summary["reuse_per_stage"] == [1.0, 1.0, 1.0] and summary["staleness_per_stage"] == [0.0, 0.0, 0.0]
 
 
-def test_buffer_zero_is_synchronous_whatever_the_order(tmp_path):
+def assert_same_weights(a, b, num_stages=3):
+    pa, _ = checkpoint.load_meta(a)
+    pb, _ = checkpoint.load_meta(b)
+    for k in range(num_stages):
+        sa, sb = checkpoint.load_stage(pa, k), checkpoint.load_stage(pb, k)
+        assert all(torch.equal(sa["model"][key], sb["model"][key]) for key in sa["model"]), k
+        moments_a = [v["momentum_buffer"] for v in sa["optimizer"]["state"].values()]
+        moments_b = [v["momentum_buffer"] for v in sb["optimizer"]["state"].values()]
+        assert moments_a and all(torch.equal(x, y) for x, y in zip(moments_a, moments_b, strict=True)), k
+
+
+def test_buffer_zero_is_synchronous_dgl(tmp_path):
     sync, zero = tmp_path / "sync", tmp_path / "zero"
     assert main(["train", *EXACT, "--out", str(sync)]) == 0
-    assert (
-        main(["train", *EXACT, "--method", "async-dgl", "--buffer", "0", "--async-order", "random", "--out", str(zero)])
-        == 0
-    )
-    assert read(sync, "metrics.jsonl") == read(zero, "metrics.jsonl")
+    assert main(["train", *EXACT, "--method", "async-dgl", "--buffer", "0", "--out", str(zero)]) == 0
+    assert read_metrics(sync) == read_metrics(zero)
+    assert_same_weights(sync, zero)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--buffer", "0", "--async-order", "random"], "--async-order random applies to the async-dgl simulation"),
+        (["--buffer", "0", "--max-reuse", "2"], "--max-reuse 2 applies to replay buffers"),
+        (["--buffer", "2", "--workers", "3", "--async-order", "round-robin"], "applies to the one-process simulation"),
+    ],
+)
+def test_options_that_would_be_ignored_are_refused(tmp_path, capsys, args, message):
+    out = tmp_path / "run"
+    assert main(["train", *EXACT, "--method", "async-dgl", *args, "--out", str(out)]) == 2
+    assert message in capsys.readouterr().err and not out.exists()
 
 
 def test_slowdown_reduces_a_stages_share_of_updates():
@@ -124,12 +147,15 @@ def test_async_sim_resumes_exactly(tmp_path, capsys):
     ]
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     assert main(["train", *args, "--out", str(whole)]) == 0
-    assert main(["train", *args, "--max-steps", "17", "--out", str(parts)]) == 0
+    assert main(["train", *args, "--max-steps", "5", "--out", str(parts)]) == 0
+    stopped = json.loads(read(parts, "summary.json"))
+    assert not stopped["completed"] and stopped["steps_per_stage"][0] == 5  # --max-steps: stage 0's updates
     assert main(["train", "--resume", str(parts)]) == 0
-    assert read(whole, "metrics.jsonl") == read(parts, "metrics.jsonl")
+    assert read_metrics(whole) == read_metrics(parts)
     a, b = (json.loads(read(r, "summary.json")) for r in (whole, parts))
     for key in ("steps_per_stage", "reuse_per_stage", "staleness_per_stage", "test_acc_per_stage"):
         assert a[key] == b[key]
+    assert_same_weights(whole, parts)
 
 
 @pytest.mark.parametrize(

@@ -61,3 +61,52 @@ def test_validation_rejects(field, value):
 def test_defaults_are_valid():
     make_config({})
     assert TrainConfig().dataset == "fashion-mnist"
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"nesterov": True, "momentum": 0.0}, "--nesterov needs momentum"),
+        ({"optimizer": "adam", "momentum": 0.5}, "--momentum 0.5 applies to --optimizer sgd"),
+        ({"optimizer": "adam", "nesterov": True}, "--nesterov applies to --optimizer sgd"),
+        ({"method": "dgl", "buffer": 4}, "--buffer 4 applies to --method async-dgl"),
+        ({"method": "sgl", "max_reuse": 2}, "--max-reuse 2 applies to --method async-dgl"),
+        ({"method": "backprop", "buffer_policy": "fifo"}, "--buffer-policy fifo applies to --method async-dgl"),
+        ({"method": "async-dgl", "buffer_policy": "fifo"}, "applies to replay buffers (--buffer M > 0)"),
+        ({"method": "dgl", "async_order": "random"}, "--async-order random applies to the async-dgl simulation"),
+        (
+            {"method": "async-dgl", "buffer": 2, "workers": 2, "stages": 2, "async_order": "round-robin"},
+            "applies to the one-process simulation",
+        ),
+        ({"schedule": "cosine", "lr_decay_every": 5}, "--lr-decay-every 5 applies to --schedule step"),
+        ({"precision": "bf16", "loss_scale_init": 1024.0}, "applies to --precision fp16"),
+        ({"dataset": "fashion-mnist", "num_classes": 7}, "--num-classes 7 applies to --dataset synthetic"),
+    ],
+)
+def test_options_the_run_would_ignore_are_refused(values, message):
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)").replace("+", r"\+")):
+        make_config(values)
+
+
+def test_applicable_options_and_their_defaults_are_accepted():
+    make_config({"method": "async-dgl", "buffer": 3, "async_order": "round-robin", "max_reuse": 2})
+    make_config({"optimizer": "adam", "momentum": 0.9, "nesterov": False})  # the defaults: nothing ignored
+    make_config({"schedule": "step", "lr_decay_every": 5, "lr_decay_factor": 0.5})
+
+
+def test_compare_keeps_an_option_for_the_methods_it_applies_to(tmp_path):
+    from degl.run.compare import compare
+
+    base = make_config({"buffer": 3}, check_applicable=False)
+    with pytest.raises(UserError, match="--buffer applies to none of --methods dgl,backprop"):
+        compare(base, ["dgl", "backprop"], [0], tmp_path / "cmp")
+    assert not (tmp_path / "cmp").exists()
+
+
+def test_runs_saved_before_async_order_defaulted_to_none_still_load():
+    from degl.run.config import upgrade_saved_config
+
+    old = {**TrainConfig().to_dict(), "async_order": "random"}  # what every run recorded then
+    assert make_config(upgrade_saved_config(old)).async_order is None
+    buffered = {**old, "method": "async-dgl", "buffer": 2}
+    assert make_config(upgrade_saved_config(buffered)).async_order == "random"

@@ -30,7 +30,7 @@ def test_training_on_cuda(tmp_path, capsys, precision, method):
         "--stages",
         "2",
         "--epochs",
-        "1",
+        "3",
         "--channels-last",
         "--out",
         str(out),
@@ -38,7 +38,7 @@ def test_training_on_cuda(tmp_path, capsys, precision, method):
     assert main(args) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["device"].startswith("cuda") and summary["completed"]
-    assert all(0 <= acc <= 100 for acc in summary["test_acc_per_stage"])
+    assert summary["test_acc"] == summary["test_acc_per_stage"][-1] and summary["test_acc"] > 25  # chance: 25 %
 
 
 @needs_cuda

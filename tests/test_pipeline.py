@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, SYNTH, run_degl
+from conftest import REPO, SYNTH, read_metrics, run_degl
 from degl.run import checkpoint
 from degl.runtime.dist import free_port
 from degl.runtime.launch import local_rank_pids
@@ -28,8 +28,7 @@ def weights(run):
 
 
 def metrics(run):
-    path = run / "metrics.jsonl"  # absent until the first epoch ends
-    return path.read_text() if path.exists() else None
+    return read_metrics(run)
 
 
 def assert_same_run(a, b):
@@ -59,6 +58,33 @@ def test_three_processes_equal_one_bit_for_bit(tmp_path):
     s = summary(three)
     assert s["workers"] == 3 and len(s["idle_fraction_per_stage"]) == 3
     assert s["test_acc_per_stage"] == summary(one)["test_acc_per_stage"]
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [["--method", "async-dgl", "--buffer", "0"], ["--slowdown", "1:2"]],
+    ids=["async-buffer-0-is-the-sync-pipeline", "slowed-rank-changes-nothing-but-time"],
+)
+def test_pipeline_variants_equal_plain_dgl_bit_for_bit(tmp_path, variant):
+    plain, other = tmp_path / "plain", tmp_path / "other"
+    for out, extra in ((plain, []), (other, variant)):
+        done = run_degl("train", *EXACT, "--workers", "2", *extra, "--out", str(out))
+        assert done.returncode == 0, done.stderr
+    assert_same_run(plain, other)
+
+
+def test_augmented_fashion_mnist_in_two_processes_equals_one_bit_for_bit(tmp_path, fmnist_dir):
+    # Real data with random crops: the pipeline draws the same augmentation as the one-process loop.
+    common = [
+        "--dataset", "fashion-mnist", "--data-dir", str(fmnist_dir), "--train-size", "512", "--augment",
+        "--model", "cnn4", "--width", "0.125", "--stages", "2", "--epochs", "1", "--batch-size", "64",
+        "--threads", "1", "--deterministic", "--no-progress",
+    ]  # fmt: skip
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert run_degl("train", *common, "--out", str(one)).returncode == 0
+    done = run_degl("train", *common, "--workers", "2", "--out", str(two))
+    assert done.returncode == 0, done.stderr
+    assert_same_run(one, two)
 
 
 ANY_MODEL = [
@@ -225,11 +251,12 @@ def test_ctrl_c_stops_the_pipeline_with_a_checkpoint(tmp_path):
 def test_pipeline_refuses_bad_setups_before_writing(tmp_path):
     out = tmp_path / "run"
     for args, message in [
-        (["--workers", "2", "--method", "sgl"], "runs --method dgl"),
-        (["--workers", "2", "--stages", "3"], "one stage per process"),
+        ([*TINY, "--workers", "2", "--method", "sgl"], "runs --method dgl"),
+        ([*TINY, "--workers", "2", "--stages", "3"], "one stage per process"),
+        ([*TINY, "--workers", "2", "--method", "async-dgl", "--async-order", "random"], "--async-order random"),
         (["--workers", "2", "--dataset", "fashion-mnist", "--data-dir", str(tmp_path / "nope")], "--data-dir"),
     ]:
-        done = run_degl("train", *TINY, *args, "--out", str(out))
+        done = run_degl("train", *args, "--out", str(out))
         assert done.returncode == 2, done.stderr
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("degl: error:") and message in lines[0], done.stderr

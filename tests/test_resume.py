@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from conftest import SYNTH
+from conftest import SYNTH, read_metrics
 from degl.cli import main
 from degl.run import checkpoint
 
@@ -20,7 +20,7 @@ def final_state(run):
 
 
 def metrics(run):
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return read_metrics(run)
 
 
 @pytest.mark.parametrize("method", ["dgl", "sgl", "sgl --no-augment", "backprop"])  # the last sgl caches features

@@ -38,6 +38,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def run_dir(args: argparse.Namespace, seed: int, buffer: int, slowdown: float) -> Path:
+    return Path(args.out) / f"m{buffer}-s{slowdown}-seed{seed}"
+
+
 def run(args: argparse.Namespace, seed: int, buffer: int, slowdown: float) -> dict[str, Any]:
     values = common.base_values(args)
     values.update(
@@ -50,8 +54,11 @@ def run(args: argparse.Namespace, seed: int, buffer: int, slowdown: float) -> di
         async_order="random",
         augment=False,
         slowdown=None if slowdown == 1.0 else f"{args.slow_stage}:{slowdown}",
-        out=str(Path(args.out) / f"m{buffer}-s{slowdown}-seed{seed}"),
+        out=str(run_dir(args, seed, buffer, slowdown)),
     )
+    if buffer == 0:  # M=0 is synchronous DGL: the replay options do not apply (degl refuses them)
+        values.pop("async_order")
+        values.pop("max_reuse")
     return common.train_or_reuse(values)
 
 
@@ -76,13 +83,14 @@ def table(title: str, key: str, rows: dict[Any, list[dict[str, Any]]]) -> list[s
 
 
 def plot(path: Path, xs: list[float], runs: dict[Any, list[dict[str, Any]]], xlabel: str, sync: list[float]) -> None:
-    import matplotlib
+    """Final accuracy against the swept setting (a sweep's summary; per-run curves: ``plot_curves``)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from degl.run.plot import save_figure
 
     means = [sum(r["test_acc"] for r in runs[x]) / len(runs[x]) for x in runs]
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig = Figure(figsize=(5, 3.5), layout="constrained")
+    ax = fig.subplots()
     ax.plot(xs, means, marker="o", label="async DGL (last stage)")
     for x, value in zip(xs, runs):
         ax.scatter([x] * len(runs[value]), [r["test_acc"] for r in runs[value]], color="gray", s=8)
@@ -90,9 +98,15 @@ def plot(path: Path, xs: list[float], runs: dict[Any, list[dict[str, Any]]], xla
     ax.set_xlabel(xlabel)
     ax.set_ylabel("test accuracy (%)")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
+
+
+def plot_curves(path: Path, args: argparse.Namespace, seed: int) -> None:
+    """``degl plot`` of sweep 1's extremes: per-stage test accuracy and the steps each stage took."""
+    from degl.run.plot import plot_runs, save_figure
+
+    dirs = [run_dir(args, seed, args.buffer, slowdown) for slowdown in (SLOWDOWNS[0], SLOWDOWNS[-1])]
+    save_figure(plot_runs(dirs, metric="acc", split="test"), path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         f"buffer size M (stage {args.slow_stage} slowed {args.slowdown}x; M=0: synchronous)",
         sync,
     )
+    plot_curves(results / f"{stem}-curves.png", args, seeds[0])
     command = "python experiments/async_sweep/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
     markdown = "\n".join(
         [
@@ -140,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
                 by_buffer,
             ),
             f"![slowdown]({stem}-slowdown.png) ![buffer]({stem}-buffer.png)",
+            "",
+            f"Per-stage test accuracy per epoch and steps per stage, slowdown {SLOWDOWNS[0]} vs {SLOWDOWNS[-1]} "
+            f"(seed {seeds[0]}): ![curves]({stem}-curves.png)",
             "",
         ]
     )

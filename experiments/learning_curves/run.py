@@ -158,39 +158,18 @@ def markdown(data: dict[str, Any], argv: list[str] | None, png: str | None) -> s
 
 
 def plot(data: dict[str, Any], path: Path) -> None:
-    import matplotlib
+    """``degl plot`` of every run: per-stage test accuracy per global epoch, DGL and SGL overlaid.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
+    SGL's stage k starts after k*E epochs of the stages below it; the per-own-epoch comparison
+    ([N1]'s) is the markdown table.
+    """
+    from degl.run.plot import plot_runs, save_figure
 
-    epochs, stages = data["budget"]["epochs"], data["stages"]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    marker = "o" if epochs <= 20 else None
-    for k in range(stages):
-        dgl = data["methods"]["dgl"]["mean_curves"][k]
-        sgl = data["methods"]["sgl"]["mean_curves"][k]
-        # Left: against the stage's own epochs (how [N1] compares them). Right: against global epochs
-        # of training (SGL's stage k starts after k*E epochs of the stages below it).
-        style = {"color": colours[k], "marker": marker, "markersize": 3}
-        axes[0].plot(range(1, len(dgl) + 1), dgl, "-", label=f"stage {k} DGL", **style)
-        axes[0].plot(range(1, len(sgl) + 1), sgl, "--", label=f"stage {k} SGL", **style)
-        axes[1].plot(range(1, len(dgl) + 1), dgl, "-", label=f"stage {k} DGL", **style)
-        axes[1].plot(range(k * epochs + 1, k * epochs + len(sgl) + 1), sgl, "--", label=f"stage {k} SGL", **style)
-    axes[0].set_xlabel("epochs of training of this stage")
-    axes[1].set_xlabel("epochs of training in all (SGL: stages one after another)")
-    axes[0].set_ylabel("test accuracy (%)")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes[1].legend(fontsize=7, ncol=2, loc="best")
-    budget = data["budget"]
-    seeds = ",".join(map(str, data["seeds"]))
-    fig.suptitle(f"{data['model']} K={stages} on Fashion-MNIST, width {budget['width']}, seeds {seeds}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    run_dirs = [run["run_dir"] for row in data["methods"].values() for run in row["runs"]]
+    figure = plot_runs(run_dirs, metric="acc", split="test", x="epoch")
+    budget, seeds = data["budget"], ",".join(map(str, data["seeds"]))
+    figure.suptitle(f"{data['model']} K={data['stages']} on Fashion-MNIST, width {budget['width']}, seeds {seeds}")
+    save_figure(figure, path)
 
 
 if __name__ == "__main__":

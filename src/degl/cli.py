@@ -19,6 +19,7 @@ from degl.run.config import (
     format_option,
     load_config_file,
     make_config,
+    settle_inapplicable,
 )
 
 
@@ -171,6 +172,42 @@ def build_parser() -> ArgumentParser:
         "reported on its own) divided by the MACs of the main network's blocks (classifier excluded)."
     )
 
+    plot = sub.add_parser(
+        "plot",
+        help="draw the per-stage learning curves of one or more runs",
+        description="One figure of the per-stage curves in each RUN's metrics.jsonl (colour = stage, line "
+        "style = run; black: the ensemble of all heads). Works on runs in progress. Runs with steps_per_stage "
+        "in their summary (asynchronous, multi-process) also get a bar panel of the steps each rank took.",
+    )
+    plot.add_argument("runs", nargs="+", metavar="RUN", help="run directory written by 'degl train'")
+    plot.add_argument(
+        "--out", metavar="FILE", help="figure file: .png, .svg, .pdf (default: RUN/curves.png; needed for several runs)"
+    )
+    plot.add_argument("--metric", choices=("acc", "loss"), default="acc", help="y axis (default: acc)")
+    plot.add_argument("--split", choices=("train", "test"), default="test", help="which lines (default: test)")
+    plot.add_argument(
+        "--x",
+        choices=("epoch", "time"),
+        default="epoch",
+        help="x axis: epochs, or training seconds (the lines' time_s, which older runs lack) (default: epoch)",
+    )
+
+    trace = sub.add_parser(
+        "trace",
+        help="read a pipeline timeline written by 'degl train --workers K --trace'",
+        description="Tools for RUN/trace.json (a Chrome trace: open it in ui.perfetto.dev or chrome://tracing).",
+    )
+    trace.set_defaults(trace_help=trace.print_help)
+    trace_sub = trace.add_subparsers(dest="trace_command", metavar="ACTION", parser_class=ArgumentParser)
+    trace_summary = trace_sub.add_parser(
+        "summary",
+        help="per-rank busy, idle and wait fractions of the training windows",
+        description="Per rank: the fraction of its training time (every epoch's training, evaluation excluded) "
+        "spent busy (compute, data), idle, waiting to receive and waiting to send, measured from the trace's "
+        "spans; the same quantities as summary.json's *_fraction_per_stage. The last stdout line is one JSON object.",
+    )
+    trace_summary.add_argument("file", metavar="FILE", help="trace.json of a run")
+
     bench = sub.add_parser("bench", help="benchmarks (last stdout line is one JSON object)")
     from degl.bench import add_bench_parsers
 
@@ -201,7 +238,7 @@ def run_train(args: argparse.Namespace, given: dict[str, Any]) -> int:
         processes = env.world_size if env is not None else values.get("workers")
         if processes and processes > 1 and "stages" not in values:
             values["stages"] = processes  # one stage per process
-        cfg = make_config(values)
+        cfg = settle_inapplicable(make_config(values, check_applicable=False), set(given), processes=processes)
         if cfg.method == "backprop" and "stages" in values and cfg.stages != 1:
             print("degl: note: backprop trains the network end to end; --stages is ignored", file=sys.stderr)
     if env is not None:  # one rank of a torchrun launch
@@ -234,12 +271,22 @@ def run_compare(args: argparse.Namespace, given: dict[str, Any]) -> int:
     values.update(given)
     values.pop("method", None)
     out = Path(values.pop("out", None) or "runs/compare")
-    cfg = make_config(values)
+    cfg = make_config(values, check_applicable=False)  # compare checks each option against --methods
     methods = parse_list(args.methods, what="--methods")
     seeds = parse_list(args.seeds, what="--seeds", cast=int)
     result = compare(cfg, methods, seeds, out, parallel=args.parallel)
     print()
     for line in format_table(result):
+        print(line)
+    print(json.dumps(result))
+    return 0
+
+
+def run_trace_summary(args: argparse.Namespace) -> int:
+    from degl.run.trace_summary import format_rows, trace_summary
+
+    result = trace_summary(Path(args.file))
+    for line in format_rows(result["ranks"]):
         print(line)
     print(json.dumps(result))
     return 0
@@ -254,6 +301,16 @@ def run_eval(args: argparse.Namespace) -> int:
     for stage, acc, acc5, ens in rows:
         print(f"stage {stage}: test acc {acc:.2f}% (top-5 {acc5:.2f}%)  (ensemble of heads 0..{stage}: {ens:.2f}%)")
     print(json.dumps(result))
+    return 0
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    from degl.run.plot import default_out, plot_runs, save_figure
+
+    out = Path(args.out) if args.out else default_out(args.runs)
+    figure = plot_runs(args.runs, metric=args.metric, split=args.split, x=args.x)
+    save_figure(figure, out)
+    print(f"wrote {out}")
     return 0
 
 
@@ -345,8 +402,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_eval(args)
         if args.command == "models":
             return run_models(args)
+        if args.command == "plot":
+            return run_plot(args)
         if args.command == "bench":
             return args.bench_func(args)
+        if args.command == "trace":
+            if args.trace_command == "summary":
+                return run_trace_summary(args)
+            args.trace_help()
+            return 2
         parser.print_help()
         return 2
     except UserError as exc:

@@ -17,6 +17,7 @@ import torch
 
 from degl.bench import add_common_options
 from degl.bench.pipeline_ranks import run_mode
+from degl.core.codec import build_codec, check_codec, parse_codec
 from degl.core.split import build_stages
 from degl.errors import UserError
 from degl.models import build_model
@@ -39,6 +40,19 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
         help="microbatch counts tried for GPipe/1F1B; the best is reported (default: 1,2,4,8)",
     )
     parser.add_argument("--max-in-flight", type=int, default=2, help="dgl pipeline backpressure (default: 2)")
+    parser.add_argument(
+        "--codec",
+        default="none",
+        help="how activations cross the boundaries, as 'degl train --codec' (one process simulates it) (default: none)",
+    )
+    parser.add_argument(
+        "--link-mbps",
+        type=float,
+        default=None,
+        help="EMULATE links of this many Mbit/s between the dgl pipeline's ranks: a message is not delivered "
+        "before its bytes could have crossed such a link (pipelined backprop is then not run: its transport "
+        "has no emulator) (default: off)",
+    )
     parser.add_argument(
         "--pin-cpus",
         action=argparse.BooleanOptionalAction,
@@ -64,6 +78,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("degl bench pipeline measures CPU processes over gloo; run it with --device cpu")
     if args.precision != "fp32":
         raise UserError("degl bench pipeline measures fp32 training; run it without --precision")
+    if args.link_mbps is not None and not args.link_mbps > 0:
+        raise UserError(f"--link-mbps must be positive, got {args.link_mbps}")
+    parse_codec(args.codec)
     microbatches = [int(m) for m in args.microbatches.split(",")]
     if any(m < 1 or args.batch_size % m for m in microbatches):
         raise UserError(f"--microbatches must divide --batch-size {args.batch_size}, got {args.microbatches}")
@@ -77,6 +94,10 @@ def run(args: argparse.Namespace) -> int:
         backbone, args.stages, aux=args.aux, cuts=parse_cuts(args.cuts), split=args.split, time_batch=args.batch_size
     )
     cuts = [s.block_indices[0] for s in stages[1:]]
+    boundaries = [tuple(s.out_shape) for s in stages[:-1]]
+    check_codec(args.codec, boundaries)
+    codec = build_codec(args.codec)
+    message_bytes = [codec.wire_bytes(args.batch_size, shape) for shape in boundaries]
     spec = {
         "model": args.model,
         "width": args.width,
@@ -92,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
         "threads": threads,
         "max_in_flight": args.max_in_flight,
         "pin_cpus": args.pin_cpus,
+        "codec": args.codec,
+        "link_mbps": args.link_mbps,
     }
     samples: dict[str, list[float]] = {"single": [], "pipeline": [], "single_all": []}
     # Schedule1F1B needs at least one microbatch per stage.
@@ -101,6 +124,11 @@ def run(args: argparse.Namespace) -> int:
     }
     if not pippy["1f1b"]:
         raise UserError(f"--microbatches needs a value >= {workers} (the number of stages) for 1F1B")
+    emulated = args.link_mbps is not None
+    if emulated:
+        pippy = {"gpipe": {}, "1f1b": {}}
+    codec_ms: list[list[float]] = []
+    compute_ms: list[list[float]] = []
     idle: list[list[float]] = []
     pippy_idle: dict[str, list[float]] = {}
     batch = args.batch_size
@@ -110,6 +138,8 @@ def run(args: argparse.Namespace) -> int:
         samples["pipeline"].append(batch / ranks[-1]["median_step_s"])
         idle.append([r["idle_fraction"] for r in ranks])
         waits = [(r["recv_wait_fraction"], r["send_wait_fraction"]) for r in ranks]
+        codec_ms.append([1000 * r["codec_s_per_step"] for r in ranks])
+        compute_ms.append([1000 * r["busy_s_per_step"] for r in ranks])
         samples["single_all"].append(
             batch / spawn("single", {**spec, "threads": threads * workers}, 1)["median_step_s"]
         )
@@ -119,9 +149,20 @@ def run(args: argparse.Namespace) -> int:
                 pippy[schedule][m].append(batch / ranks_p[-1]["median_step_s"])
                 pippy_idle[f"{schedule}/{m}"] = [round(r["idle_fraction_estimated"], 4) for r in ranks_p]
     med = {k: statistics.median(v) for k, v in samples.items()}
-    best = {s: max(((statistics.median(v), m) for m, v in by_m.items())) for s, by_m in pippy.items()}
+    # Rounds are interleaved, so each round's ratio compares configurations measured side by side.
+    equal_cores = [p / s for p, s in zip(samples["pipeline"], samples["single_all"])]
+    best = {
+        s: max(((statistics.median(v), m) for m, v in by_m.items()), default=(float("nan"), 0))
+        for s, by_m in pippy.items()
+    }
+    codec_ms_rank = [round(statistics.median(col), 3) for col in zip(*codec_ms)]
+    busy_ms_rank = [round(statistics.median(col), 3) for col in zip(*compute_ms)]
+    link_ms = [round(b * 8 / (args.link_mbps * 1e6) * 1000, 3) for b in message_bytes] if emulated else None
+    bound = None
+    if link_ms is not None:
+        bound = "communication" if max(link_ms) > max(busy_ms_rank) else "compute"
     idle_fraction = [round(statistics.median(col), 4) for col in zip(*idle)]
-    result = {
+    result: dict[str, Any] = {
         "model": args.model,
         "width": args.width,
         "stages": args.stages,
@@ -148,11 +189,20 @@ def run(args: argparse.Namespace) -> int:
         },
         "speedup": round(med["pipeline"] / med["single"], 4),
         "speedup_vs_all_threads": round(med["pipeline"] / med["single_all"], 4),
-        "ratio_vs_pippy": round(med["pipeline"] / max(best["gpipe"][0], best["1f1b"][0]), 4),
+        "speedup_vs_all_threads_per_round": [round(r, 4) for r in equal_cores],
+        "ratio_vs_pippy": None if emulated else round(med["pipeline"] / max(best["gpipe"][0], best["1f1b"][0]), 4),
         "idle_fraction": idle_fraction,
         "recv_wait_fraction": [round(w[0], 4) for w in waits],
         "send_wait_fraction": [round(w[1], 4) for w in waits],
         "pippy_idle_fraction_estimated": pippy_idle,
+        "codec": codec.name,
+        "message_bytes": message_bytes,
+        "wire_bytes_per_sample": [round(b / batch, 3) for b in message_bytes],
+        "codec_ms_per_step": codec_ms_rank,
+        "busy_ms_per_step": busy_ms_rank,
+        "link_mbps_emulated": args.link_mbps,
+        "link_ms_per_message_emulated": link_ms,
+        "bound": bound,
         "torch": torch.__version__,
         "cpus": os.cpu_count(),
     }
@@ -164,11 +214,25 @@ def run(args: argparse.Namespace) -> int:
         f"(idle per rank {', '.join(f'{v:.1%}' for v in idle_fraction)})",
         f"(c) one process, {threads * workers} thread(s):        {med['single_all']:8.1f} samples/s",
         f"(d) backprop GPipe ({best['gpipe'][1]} microbatches): {best['gpipe'][0]:8.1f} samples/s; "
-        f"1F1B ({best['1f1b'][1]} microbatches): {best['1f1b'][0]:8.1f} samples/s",
-        f"speedup b/a {result['speedup']:.3f}, b/c {result['speedup_vs_all_threads']:.3f}, "
-        f"b/best(d) {result['ratio_vs_pippy']:.3f}",
+        f"1F1B ({best['1f1b'][1]} microbatches): {best['1f1b'][0]:8.1f} samples/s"
+        if not emulated
+        else "(d) pipelined backprop: not run (its transport has no link emulator)",
+        f"speedup b/a {result['speedup']:.3f}, b/c {result['speedup_vs_all_threads']:.3f}"
+        + ("" if emulated else f", b/best(d) {result['ratio_vs_pippy']:.3f}"),
+        f"equal cores (b/c) per round: {', '.join(f'{r:.3f}' for r in equal_cores)} "
+        f"(spread {max(equal_cores) - min(equal_cores):.3f})",
+        f"codec {codec.name}: {', '.join(f'{b / batch:.0f}' for b in message_bytes)} bytes/sample per boundary; "
+        f"encode+decode {', '.join(f'{v:.2f}' for v in codec_ms_rank)} ms/step per rank; "
+        f"busy {', '.join(f'{v:.1f}' for v in busy_ms_rank)} ms/step per rank",
     ]
+    if link_ms is not None:
+        lines.append(
+            f"EMULATED link {args.link_mbps:g} Mbit/s: {', '.join(f'{v:.1f}' for v in link_ms)} ms per message "
+            f"per boundary vs {max(busy_ms_rank):.1f} ms busy per step on the busiest rank: {bound}-bound"
+        )
     for line in lines:
         print(line)
+    if emulated:  # no pipelined backprop ran: no figures rather than NaN
+        result.update({k: None for k in result if k.startswith("pippy_") and k != "pippy_all"})
     print(json.dumps(result))
     return 0

@@ -56,7 +56,7 @@ def window(marks: list[float], warmup: int) -> dict[str, Any]:
 
 
 def run_single(env: DistEnv, spec: dict[str, Any]) -> dict[str, Any]:
-    method = DGL(build(spec), make_optimizer=settings().make_optimizer)
+    method = DGL(build(spec), make_optimizer=settings().make_optimizer, codec=spec.get("codec", "none"))
     x, y = batch(spec)
     marks = []
     for _ in range(spec["warmup"] + spec["steps"]):
@@ -80,9 +80,22 @@ def run_dgl_rank(env: DistEnv, spec: dict[str, Any]) -> dict[str, Any]:
     stage = build(spec)[env.rank]
     step = StageStep(stage, settings().make_optimizer)
     total, warmup = spec["warmup"] + spec["steps"], spec["warmup"]
-    plan = Plan((spec["batch_size"],) * total, (), spec["num_classes"], epochs=1)
-    link = Link.for_rank(env.rank, env.world_size, env.device, max_in_flight=spec["max_in_flight"])
+    plan = Plan((spec["batch_size"],) * total, (), spec["num_classes"], epochs=1, codec=spec.get("codec", "none"))
+    link = Link.for_rank(
+        env.rank, env.world_size, env.device, max_in_flight=spec["max_in_flight"], link_mbps=spec.get("link_mbps")
+    )
     rank = SyncRank(step, link, plan, rank=env.rank, world=env.world_size, train_batches=RepeatedBatch(*batch(spec)))
+    # Encode + decode seconds so far, after every step: the timed window's share excludes the
+    # codec's one-time start (a vq codebook's k-means++ seeding on the first batch).
+    codec_marks: list[float] = []
+    train = rank._train
+
+    def train_and_mark(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        out = train(x, y)
+        codec_marks.append(rank.codec_s)
+        return out
+
+    rank._train = train_and_mark  # type: ignore[method-assign]
     rank.fit()
     marks = rank.timing.step_ends
     result = window(marks, warmup)
@@ -93,6 +106,10 @@ def run_dgl_rank(env: DistEnv, spec: dict[str, Any]) -> dict[str, Any]:
             "idle_fraction": fractions["idle"],
             "recv_wait_fraction": fractions["recv_wait"],
             "send_wait_fraction": fractions["send_wait"],
+            # Encode + decode seconds per step and busy seconds per step (compute, data and codec),
+            # over the timed window.
+            "codec_s_per_step": (codec_marks[total - 1] - codec_marks[warmup - 1]) / (total - warmup),
+            "busy_s_per_step": (1 - fractions["idle"]) * result["median_step_s"],
         }
     )
     return result

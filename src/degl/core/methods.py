@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from degl.core.codec import Codec, build_codec, check_codec
 from degl.core.optim import OptimizerFactory, SchedulerFactory
 from degl.core.stage import Stage
 from degl.core.step import LossFn, Precision, StageStep, StepResult, advance_schedule, cross_entropy, step_result
@@ -37,8 +38,11 @@ class Method:
         loss_scale_init: float = 2.0**16,
         loss_scale_growth_interval: int = 2000,
         loss_fn: LossFn | None = None,
+        codec: str = "none",
+        codec_seed: int = 0,
     ) -> None:
         self.stages = list(stages)
+        self.codec, self.codec_seed = codec, codec_seed
         self.loss_fn = loss_fn or cross_entropy
         self.reset_at_decay = reset_at_decay
         self.device = torch.device(device)
@@ -113,6 +117,18 @@ class LocalLearning(Method):
             )
             for stage in self.stages
         ]
+        # The codec each boundary's activations pass through (None: exact, nothing simulated).
+        self.codecs: list[Codec | None] = [None] * (len(self.stages) - 1)
+        if self.codec != "none":
+            check_codec(self.codec, [stage.out_shape for stage in self.stages[:-1]])
+            self.codecs = [
+                build_codec(self.codec, seed=self.codec_seed, boundary=k) for k in range(len(self.stages) - 1)
+            ]
+
+    def pass_on(self, index: int, out: torch.Tensor) -> torch.Tensor:
+        """What stage ``index + 1`` receives of stage ``index``'s output: through the boundary's codec."""
+        codec = self.codecs[index] if index < len(self.codecs) else None
+        return out if codec is None else codec.roundtrip(out, train=True)
 
     @property
     def optimizers(self) -> list[torch.optim.Optimizer]:
@@ -133,7 +149,22 @@ class LocalLearning(Method):
         return {"stages": [step.state_dict() for step in self.steps], "shared": {}}
 
     def stage_files(self) -> list[dict[str, Any]]:
-        return [step.checkpoint() for step in self.steps]
+        files = [step.checkpoint() for step in self.steps]
+        for file, codec in zip(files, self.codecs):  # stage k's file holds its outgoing boundary's codec
+            if codec is not None and codec.stateful:
+                file["codec"] = codec.state_dict()
+        return files
+
+    def load_stage_files(self, files: list[dict[str, Any]], shared: dict[str, Any]) -> None:
+        super().load_stage_files(files, shared)
+        for index, (file, codec) in enumerate(zip(files, self.codecs)):
+            if codec is not None and codec.stateful:
+                if "codec" not in file:
+                    raise UserError(
+                        f"stage {index}'s checkpoint has no state for --codec {self.codec} (saved by a pipeline "
+                        "run, which does not checkpoint codec state); start a new run"
+                    )
+                codec.load_state_dict(file["codec"])
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for stage_state, step in zip(state["stages"], self.steps):
@@ -148,7 +179,8 @@ class DGL(LocalLearning):
     def train_step(self, x: torch.Tensor, y: torch.Tensor, phase: int = 0) -> list[StepResult]:
         results = []
         for index in range(len(self.stages)):
-            x, result = self.local_step(index, x, y)
+            out, result = self.local_step(index, x, y)
+            x = self.pass_on(index, out)  # the stage trained on its exact output; the next one gets this
             results.append(result)
         return results
 

@@ -26,6 +26,10 @@ Decisions (kept stable because trainers and tests rely on them):
   ``max_reuse=k`` allows k-1 reads), when the buffer is full the slot under the write pointer (the
   *oldest*) wins ties, and with capacity 1 slot 0 is returned every time, ignoring ``max_reuse``.
   Only ``priority_lifo`` exists there, so other policies are refused in paper mode.
+- With a ``codec`` (``--buffer-codec``) a batch is encoded when it is put and only the codec's
+  payload is stored (int8 values and scales, vq codes; the receiving side's codebook copy is
+  counted in :attr:`nbytes`); get() decodes it into fresh tensors. The codec learns from every
+  batch put, in put order, as a receiver of messages would.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from degl.core.codec import Codec
 from degl.errors import UserError
 
 POLICIES = ("priority_lifo", "fifo", "uniform")
@@ -65,9 +70,11 @@ class ReplayBuffer:
         device: torch.device | str | None = None,
         compat: str = "correct",
         generator: torch.Generator | None = None,
+        codec: Codec | None = None,
     ) -> None:
         """``device``: where storage lives ("device") or where get() delivers ("pinned"); default:
         the device of the first batch. ``generator`` drives ``uniform`` (default: torch's global RNG).
+        ``codec``: store batches encoded (see the module docstring); None stores them as they are.
         """
         if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
             raise UserError(f"replay buffer capacity must be an integer >= 1, got {capacity!r}")
@@ -94,6 +101,9 @@ class ReplayBuffer:
         self._paper = compat == "paper"
         self._x: torch.Tensor | None = None
         self._y: torch.Tensor | None = None
+        self.codec = codec
+        self._parts: list[torch.Tensor] | None = None  # with a codec: the payloads, one tensor per part
+        self._x_form: torch.Tensor | None = None  # with a codec: a meta tensor shaped like _x, for checks
         self._ptr = 0  # next slot to write; when full, the oldest slot
         self._size = 0  # valid slots are always the prefix [0, size)
         self._next_index = 0
@@ -111,7 +121,9 @@ class ReplayBuffer:
     @property
     def nbytes(self) -> int:
         """Bytes of storage actually allocated (0 before the first put)."""
-        return sum(t.numel() * t.element_size() for t in (self._x, self._y) if t is not None)
+        stored = [self._x, self._y, *(self._parts or [])]
+        state = self.codec.state_bytes() if self.codec is not None else 0
+        return sum(t.numel() * t.element_size() for t in stored if t is not None) + state
 
     @property
     def use_counts(self) -> list[int]:
@@ -126,10 +138,26 @@ class ReplayBuffer:
     def _allocate(self, x: torch.Tensor, y: torch.Tensor, batch: int) -> None:
         where = torch.device("cpu") if self.storage == "pinned" else self.device
         assert where is not None
-        self._x = torch.zeros((self.capacity, batch, *x.shape[1:]), dtype=x.dtype, device=where)
         self._y = torch.zeros((self.capacity, batch, *y.shape[1:]), dtype=y.dtype, device=where)
+        if self.codec is not None:
+            self._x_form = torch.empty((self.capacity, batch, *x.shape[1:]), dtype=x.dtype, device="meta")
+            self._y = self._y.pin_memory() if self.pinned else self._y
+            return
+        self._x = torch.zeros((self.capacity, batch, *x.shape[1:]), dtype=x.dtype, device=where)
         if self.pinned:
             self._x, self._y = self._x.pin_memory(), self._y.pin_memory()
+
+    def _allocate_parts(self, payload: list[torch.Tensor]) -> None:
+        """Storage for the codec's payloads, shaped like the first batch's."""
+        where = torch.device("cpu") if self.storage == "pinned" else self.device
+        self._parts = [torch.zeros((self.capacity, *p.shape), dtype=p.dtype, device=where) for p in payload]
+        if self.pinned:
+            self._parts = [p.pin_memory() for p in self._parts]
+
+    def _slot_parts(self, slot: int, n: int) -> list[torch.Tensor]:
+        assert self._parts is not None and self.codec is not None
+        batched = self.codec.payload_batched()
+        return [p[slot, :n] if b else p[slot] for p, b in zip(self._parts, batched)]
 
     def _check(self, x: torch.Tensor, y: torch.Tensor) -> None:
         if x.dim() == 0 or y.dim() == 0 or x.shape[0] == 0 or x.shape[0] != y.shape[0]:
@@ -137,9 +165,10 @@ class ReplayBuffer:
                 f"replay buffer: need non-empty batches with as many labels as inputs, "
                 f"got x {tuple(x.shape)} and y {tuple(y.shape)}"
             )
-        if self._x is None or self._y is None:
+        stored_x = self._x if self._x is not None else self._x_form
+        if stored_x is None or self._y is None:
             return
-        for name, new, old in (("x", x, self._x), ("y", y, self._y)):
+        for name, new, old in (("x", x, stored_x), ("y", y, self._y)):
             if new.shape[1:] != old.shape[2:] or new.dtype != old.dtype or new.shape[0] > old.shape[1]:
                 raise UserError(
                     f"replay buffer: batch {name} {tuple(new.shape)} {new.dtype} does not fit the "
@@ -154,9 +183,9 @@ class ReplayBuffer:
             raise UserError(f"replay buffer: step must be >= 0 or None, got {step}")
         if self.device is None:
             self.device = x.device
-        if self._x is None:
+        if self._y is None:
             self._allocate(x, y, x.shape[0])
-        assert self._x is not None and self._y is not None
+        assert self._y is not None
         slot, n = self._ptr, x.shape[0]
         if self._size == self.capacity:
             self.overwrites += 1
@@ -165,7 +194,15 @@ class ReplayBuffer:
             self._events[slot].synchronize()
             self._events[slot] = None
         with torch.no_grad():
-            self._x[slot, :n].copy_(x)
+            if self.codec is not None:
+                payload = self.codec.receive(self.codec.encode(x, train=True), train=True)
+                if self._parts is None:
+                    self._allocate_parts(payload)
+                for stored, part in zip(self._slot_parts(slot, n), payload):
+                    stored.copy_(part)
+            else:
+                assert self._x is not None
+                self._x[slot, :n].copy_(x)
             self._y[slot, :n].copy_(y)
         self._len[slot], self._reads[slot], self._count[slot] = n, 0, int(self._paper)
         self._index[slot], self._step[slot] = self._next_index, -1 if step is None else int(step)
@@ -202,21 +239,24 @@ class ReplayBuffer:
         if slot is None:
             self.misses += 1
             return None
-        assert self._x is not None and self._y is not None and self.device is not None
+        assert self._y is not None and self.device is not None
         if not (self._paper and self.capacity == 1):
             self._count[slot] += 1
         self._reads[slot] += 1
         self.gets += 1
         n = self._len[slot]
-        x, y = self._x[slot, :n], self._y[slot, :n]
+        xs = self._slot_parts(slot, n) if self.codec is not None else [self._x[slot, :n]]  # type: ignore[index]
+        y = self._y[slot, :n]
         if self.storage == "pinned" and self.device.type != "cpu":  # fresh tensors on the device
             async_copy = self.pinned and self.device.type == "cuda"
-            x, y = x.to(self.device, non_blocking=async_copy), y.to(self.device, non_blocking=async_copy)
+            xs = [t.to(self.device, non_blocking=async_copy) for t in xs]
+            y = y.to(self.device, non_blocking=async_copy)
             if async_copy:  # put() waits for this before overwriting the slot
                 self._events[slot] = torch.cuda.Event()
                 self._events[slot].record()
-        elif copy:
-            x, y = x.clone(), y.clone()
+        elif copy and self.codec is None:
+            xs, y = [xs[0].clone()], y.clone()
+        x = self.codec.decode_payload(xs) if self.codec is not None else xs[0]
         step = self._step[slot]
         return x, y, SampleInfo(slot, self._index[slot], None if step < 0 else step, self._reads[slot])
 
@@ -244,6 +284,12 @@ class ReplayBuffer:
         state["step"] = torch.tensor(self._step[:n], dtype=torch.int64)
         if self._x is not None and self._y is not None:
             state["x"], state["y"] = self._x[:n], self._y[:n]
+        if self.codec is not None and self._parts is not None and self._x_form is not None:
+            state["y"] = self._y[:n]  # type: ignore[index]
+            state["x_parts"] = [p[:n] for p in self._parts]
+            state["x_form"] = torch.tensor(list(self._x_form.shape[1:]), dtype=torch.int64)  # batch, *shape
+            state["x_dtype"] = str(self._x_form.dtype).removeprefix("torch.")
+            state["codec"] = self.codec.state_dict()
         if self.generator is not None:
             state["rng_state"] = self.generator.get_state()
         return state
@@ -257,7 +303,24 @@ class ReplayBuffer:
                 f"{self.capacity} compat {self.compat}: build it with the same settings"
             )
         n = int(state["size"])
+        if ("x_parts" in state) != (self.codec is not None) and ("x" in state or "x_parts" in state):
+            raise UserError(
+                "replay buffer state was saved with a different --buffer-codec; resume with the run's own setting"
+            )
         self._x = self._y = None
+        self._parts = self._x_form = None
+        if "x_parts" in state:
+            assert self.codec is not None
+            y, form = state["y"], state["x_form"].tolist()
+            if self.device is None:
+                self.device = y.device
+            self._allocate(torch.empty((1, *form[1:]), dtype=getattr(torch, state["x_dtype"])), y[0], form[0])
+            self._allocate_parts([part[0] for part in state["x_parts"]])
+            assert self._parts is not None and self._y is not None
+            for stored, saved in zip(self._parts, state["x_parts"]):
+                stored[:n].copy_(saved)
+            self._y[:n].copy_(y)
+            self.codec.load_state_dict(state["codec"])
         if "x" in state:
             x, y = state["x"], state["y"]
             if self.device is None:

@@ -152,6 +152,24 @@ class StageStep:
         advance_schedule(optimizer, self.scheduler, self.reset_at_decay)
         return features.detach(), step_result(self.index, logits, y, loss)
 
+    def rehearse(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """The work of :meth:`step` (forward, loss, backward) with no effect on any state.
+
+        Emulates a slower device by doing real extra work on the core (a ``sleep`` would hand the
+        core to other processes): gradients go to a throwaway list, not ``.grad``; normalisation
+        statistics and the random-number state are put back; nothing is stepped.
+        """
+        buffers = [b.clone() for b in self.stage.buffers()]
+        params = [p for p in self.stage.parameters() if p.requires_grad]
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            with self.precision.autocast():
+                _, logits = self.stage(x)
+                loss = self.loss_fn(logits, y)
+            torch.autograd.grad(loss, params)
+        with torch.no_grad():
+            for saved, buffer in zip(buffers, self.stage.buffers()):
+                buffer.copy_(saved)
+
     @torch.no_grad()
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The block's output without training (a frozen stage, or evaluation)."""

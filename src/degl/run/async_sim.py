@@ -10,7 +10,12 @@ time the slowest stage completes an epoch.
 
 With ``--buffer 1``, no slowdown and ``--async-order round-robin`` the sequence of updates is
 exactly that of ``--method dgl`` (tested). ``--buffer 0`` means synchronous: round-robin with one
-slot, whatever ``--async-order`` says, as in the paper's code.
+slot, as in the paper's code (``--async-order`` is refused there).
+
+Definitions shared with the real runtime (:mod:`degl.runtime.async_rank`): the staleness of an
+update is how many newer outputs of the predecessor were already in its buffer when the stage
+trained on a sample; ``--max-steps N`` stops after N updates of stage 0 in this invocation (once
+stage 0 has done its budget, the run goes on to the end).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from degl.core.accounting import train_line
-from degl.core.evaluate import evaluate
+from degl.core.codec import buffer_codec, evaluate_coded
 from degl.core.replay_buffer import ReplayBuffer
 from degl.data.loader import mix_seed
 from degl.errors import UserError
@@ -83,7 +88,7 @@ class AsyncSimTrainer:
         synchronous = cfg.buffer == 0
         self.scheduler = AsyncScheduler(
             self.num_stages,
-            order="round-robin" if synchronous else cfg.async_order,
+            order="round-robin" if synchronous else cfg.async_order or "random",
             slowdowns=slowdowns,
             paper=cfg.buffer_compat == "paper",
             seed=cfg.seed,
@@ -97,6 +102,7 @@ class AsyncSimTrainer:
                 device=setup.device,
                 compat=cfg.buffer_compat,
                 generator=torch.Generator().manual_seed(mix_seed(cfg.seed, 0xB0, k)),
+                codec=buffer_codec(cfg.buffer_codec, cfg.seed, k),
             )
             for k in range(self.num_stages - 1)
         ]
@@ -132,7 +138,7 @@ class AsyncSimTrainer:
         cfg, setup = self.cfg, self.setup
         per_epoch = len(setup.train_loader)
         budget = per_epoch * cfg.epochs
-        actions_here = 0
+        first_steps = self.steps[0]  # --max-steps counts stage 0's updates, as in the real runtime
         with StopRequest() as stop, epoch_bar(cfg, cfg.epochs, self.global_epoch) as bar:
             while min(self.steps) < budget:
                 stage = self.scheduler.next()
@@ -153,14 +159,14 @@ class AsyncSimTrainer:
                 else:
                     out = self._frozen_forward(stage, x)
                 if stage < self.num_stages - 1:
-                    self.buffers[stage].put(out, y, step=self.steps[stage])
+                    # --codec: the next stage receives the decoded output, as over the wire
+                    self.buffers[stage].put(self.method.pass_on(stage, out), y, step=self.steps[stage])
                 self.state.train_time_s += time.perf_counter() - tick
-                actions_here += 1
                 if min(self.steps) // per_epoch > self.global_epoch:
                     self.global_epoch += 1
                     bar.update(1)
                     self._end_of_global_epoch(budget)
-                limit_hit = cfg.max_steps is not None and actions_here >= cfg.max_steps
+                limit_hit = cfg.max_steps is not None and self.steps[0] - first_steps >= cfg.max_steps
                 if (limit_hit or stop.requested) and min(self.steps) < budget:
                     self.save_checkpoint(completed=False)
                     if stop.requested:
@@ -203,14 +209,16 @@ class AsyncSimTrainer:
             return self.setup.stages[stage].block(x)
 
     def _end_of_global_epoch(self, budget: int) -> None:
-        result = evaluate(self.setup.stages, self.setup.test_loader, autocast=self.method.precision.autocast)
+        by_stage = evaluate_coded(
+            self.setup.stages, self.method.codecs, self.setup.test_loader, autocast=self.method.precision.autocast
+        )
         done = min(self.steps) >= budget
-        for stage, values in result.by_stage().items():
+        for stage, values in by_stage.items():
             self.state.last_eval[stage] = values
             self.state.metrics.write(
                 {"epoch": self.global_epoch, "phase": 0, "stage": stage, "split": "test", **values}
             )
-        accs = " ".join(f"s{s}={v['acc']:.2f}" for s, v in sorted(result.by_stage().items()))
+        accs = " ".join(f"s{s}={v['acc']:.2f}" for s, v in sorted(by_stage.items()))
         tqdm.write(
             f"[async-dgl] epoch {self.global_epoch}/{self.cfg.epochs} test acc {accs} (steps per stage {self.steps})",
             file=sys.stderr,

@@ -22,7 +22,14 @@ import yaml
 
 from degl.errors import UserError
 from degl.run import checkpoint
-from degl.run.config import INVOCATION_KEYS, METHODS, TrainConfig
+from degl.run.config import (
+    INVOCATION_KEYS,
+    METHODS,
+    TrainConfig,
+    inapplicable_options,
+    upgrade_saved_config,
+    without_inapplicable,
+)
 from degl.run.control import Interrupted
 from degl.run.rundir import write_json
 from degl.run.train import resume, train
@@ -41,7 +48,7 @@ def parse_list(text: str, *, what: str, cast=str) -> list:
 
 def _same_run(saved: dict[str, Any], wanted: dict[str, Any]) -> bool:
     # An option added to degl after the run was saved had its default then.
-    saved = {**TrainConfig().to_dict(), **TrainConfig(**saved).to_dict()}  # old runs saved text lists
+    saved = {**TrainConfig().to_dict(), **TrainConfig(**upgrade_saved_config(saved)).to_dict()}  # old: text lists
     keys = set(saved) | set(wanted)
     return all(saved.get(k) == wanted.get(k) for k in keys - INVOCATION_KEYS)
 
@@ -162,7 +169,19 @@ def compare(base: TrainConfig, methods: list[str], seeds: list[int], out: Path, 
             raise UserError(f"unknown method {method!r} in --methods; choose from {', '.join(METHODS)}")
     if parallel < 1:
         raise UserError(f"--parallel must be a positive integer, got {parallel}")
-    jobs = {(m, s): replace(base, method=m, seed=s, out=str(out / f"{m}-seed{s}")) for s in seeds for m in methods}
+    unused = [
+        name
+        for name in inapplicable_options(base)
+        if all(name in inapplicable_options(replace(base, method=m)) for m in methods)
+    ]
+    if unused:
+        raise UserError(f"--{unused[0].replace('_', '-')} applies to none of --methods {','.join(methods)}; drop it")
+    # Each method's run gets only the options that apply to it (a dgl run ignores --buffer).
+    jobs = {
+        (m, s): without_inapplicable(replace(base, method=m, seed=s, out=str(out / f"{m}-seed{s}")))
+        for s in seeds
+        for m in methods
+    }
     if parallel == 1:
         results = {key: run_one(cfg) for key, cfg in jobs.items()}
     else:

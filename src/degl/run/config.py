@@ -7,6 +7,8 @@ YAML file under its flag name (``batch-size``) or its field name (``batch_size``
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -15,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from degl.core.codec import parse_codec
 from degl.errors import UserError
 
 METHODS = ("backprop", "dgl", "sgl", "async-dgl")
@@ -69,13 +72,24 @@ class TrainConfig:
             metavar="NAME,NAME,...",
         ),
     )
+    codec: str = field(
+        default="none",
+        metadata=_opt(
+            "dgl, async-dgl: how activations cross each stage boundary: none, bf16, fp16, int8[:sample][:sr] "
+            "or vq[:CODES[:DIM[:ROWS]]] (one process simulates it; see docs/codecs.md)",
+            metavar="CODEC",
+        ),
+    )
     # asynchronous DGL (replay buffers between stages)
     buffer: int = field(
         default=0, metadata=_opt("async-dgl: replay buffer capacity M in batches between stages (0: synchronous)")
     )
-    async_order: str = field(
-        default="random",
-        metadata=_opt("async-dgl simulation: which stage acts next (random: weight 1/slowdown)", choices=ASYNC_ORDERS),
+    async_order: str | None = field(
+        default=None,
+        metadata=_opt(
+            "async-dgl simulation with --buffer M > 0: which stage acts next (default random: weight 1/slowdown)",
+            choices=ASYNC_ORDERS,
+        ),
     )
     slowdown: dict[int, float] | None = field(
         default=None,
@@ -100,6 +114,13 @@ class TrainConfig:
     buffer_storage: str = field(
         default="device",
         metadata=_opt("async-dgl: keep buffers on the device or in pinned host memory", choices=("device", "pinned")),
+    )
+    buffer_codec: str = field(
+        default="none",
+        metadata=_opt(
+            "async-dgl: store replay-buffer entries encoded with this codec (as --codec) and decode them when sampled",
+            metavar="CODEC",
+        ),
     )
     # data
     dataset: str = field(default="fashion-mnist", metadata=_opt("data set", choices=DATASETS))
@@ -179,6 +200,17 @@ class TrainConfig:
     )
     out: str | None = field(default=None, metadata=_opt("run directory (default runs/<method>-<model>-<time>)"))
     progress: bool = field(default=True, metadata=_opt("progress bars on stderr"))
+    trace: bool = field(
+        default=False,
+        metadata=_opt(
+            "multi-process: write RUN/trace.json, every rank's timeline (compute, waits, eval) as a "
+            "Chrome/Perfetto trace; see 'degl trace summary'"
+        ),
+    )
+    tensorboard: bool | None = field(
+        default=None,
+        metadata=_opt("event files in RUN/tensorboard/ (unset: on when the tensorboard package is installed)"),
+    )
 
     def __post_init__(self) -> None:
         # List-valued options arrive as text (flags, old run files) or lists (YAML); parsed once, here.
@@ -213,6 +245,8 @@ INVOCATION_KEYS = frozenset(
         "max_steps",
         "threads",
         "progress",
+        "trace",
+        "tensorboard",
         "device",
         "out",
         "data_workers",
@@ -286,16 +320,20 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return values
 
 
-def make_config(values: dict[str, Any]) -> TrainConfig:
+def make_config(values: dict[str, Any], *, check_applicable: bool = True) -> TrainConfig:
     """Build and validate a config from field values (missing fields take their defaults).
 
-    ``--split-at`` names K-1 cuts, so it sets ``--stages`` when that is not given.
+    ``--split-at`` names K-1 cuts, so it sets ``--stages`` when that is not given. With
+    ``check_applicable``, an option set that the chosen method, optimizer or runtime would ignore
+    is an error (``degl compare`` checks per method instead).
     """
     if values.get("split_at") is not None and "stages" not in values:
         names = parse_names(values["split_at"]) or ()
         values = {**values, "stages": len(names) + 1}
     cfg = TrainConfig(**values)
     validate(cfg)
+    if check_applicable:
+        refuse_inapplicable(cfg)
     return cfg
 
 
@@ -390,9 +428,13 @@ def validate(cfg: TrainConfig) -> None:
     for f in config_fields():
         choices = f.metadata.get("choices")
         value = getattr(cfg, f.name)
-        if choices and value not in choices:
+        if choices and value is not None and value not in choices:
             flag = "--" + f.name.replace("_", "-")
             raise UserError(f"unknown {flag} {value!r}; choose one of: {', '.join(choices)}")
+    if cfg.tensorboard:
+        from degl.run.tensorboard import resolve
+
+        resolve(cfg.tensorboard)  # asked for explicitly: fail now, before the run directory exists
     positive_ints = ["stages", "epochs", "batch_size", "eval_batch_size", "num_classes", "synthetic_size", "image_size"]
     for name in positive_ints:
         if getattr(cfg, name) < 1:
@@ -426,6 +468,8 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError(f"--feature-cache-gb must be 0 or more, got {cfg.feature_cache_gb}")
     if cfg.weight_decay < 0 or cfg.momentum < 0:
         raise UserError("--weight-decay and --momentum must not be negative")
+    if cfg.nesterov and cfg.momentum == 0:
+        raise UserError("--nesterov needs momentum: give --momentum > 0 (or drop --nesterov)")
     if cfg.cuts is not None and cfg.split_at is not None:
         raise UserError("--cuts and --split-at both choose the cut; give one of them")
     if cfg.split_at is not None and cfg.method != "backprop" and cfg.stages != len(cfg.split_at) + 1:
@@ -439,3 +483,84 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError("--reset-at-decay needs a decaying schedule: --schedule step or milestones")
     if cfg.num_classes < 2:
         raise UserError(f"--num-classes must be at least 2, got {cfg.num_classes}")
+    parse_codec(cfg.codec, flag="--codec")
+    parse_codec(cfg.buffer_codec, flag="--buffer-codec")
+
+
+def inapplicable_options(cfg: TrainConfig, *, processes: int | None = None) -> dict[str, str]:
+    """Options whose value differs from the default although this run would ignore them, each with
+    what it applies to. ``processes``: the number of pipeline processes (default ``--workers``)."""
+    processes = processes or cfg.workers or 1
+    reasons: dict[str, str] = {}
+
+    def needs(names: tuple[str, ...], condition: bool, what: str) -> None:
+        for name in names:
+            if not condition:
+                reasons.setdefault(name, what)
+
+    asynchronous = cfg.method == "async-dgl"
+    buffer_options = ("buffer_policy", "buffer_compat", "buffer_storage", "max_reuse", "buffer_codec")
+    needs(("buffer", *buffer_options), asynchronous, "applies to --method async-dgl")
+    needs(("codec",), cfg.method in ("dgl", "async-dgl"), "applies to --method dgl and async-dgl (stage boundaries)")
+    needs(buffer_options, cfg.buffer > 0, "applies to replay buffers (--buffer M > 0)")
+    needs(("async_order",), asynchronous and cfg.buffer > 0, "applies to the async-dgl simulation with --buffer M > 0")
+    needs(
+        ("async_order",),
+        processes == 1,
+        "applies to the one-process simulation (with --workers every rank runs at its own pace)",
+    )
+    needs(("momentum", "nesterov"), cfg.optimizer == "sgd", "applies to --optimizer sgd")
+    needs(("lr_decay_every",), cfg.schedule == "step", "applies to --schedule step")
+    needs(("lr_decay_factor",), cfg.schedule in ("step", "milestones"), "applies to --schedule step or milestones")
+    needs(("loss_scale_init", "loss_scale_growth_interval"), cfg.precision == "fp16", "applies to --precision fp16")
+    needs(("feature_cache_gb",), cfg.method == "sgl", "applies to --method sgl")
+    needs(("synthetic_size", "num_classes"), cfg.dataset == "synthetic", "applies to --dataset synthetic")
+    needs(("image_size",), cfg.dataset == "imagenet", "applies to --dataset imagenet")
+    needs(("download",), cfg.dataset == "cifar10", "applies to --dataset cifar10")
+    # torchrun's ranks parse the command line with --workers unset; WORLD_SIZE is torchrun's variable.
+    multi_process = processes > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1
+    needs(("trace",), multi_process, "applies to multi-process runs (--workers K with K >= 2, or torchrun)")
+    defaults = TrainConfig()
+    return {name: what for name, what in reasons.items() if getattr(cfg, name) != getattr(defaults, name)}
+
+
+def _refusal(cfg: TrainConfig, name: str, what: str) -> UserError:
+    flag = "--" + name.replace("_", "-")
+    value = getattr(cfg, name)
+    given = flag if value is True else f"{flag} {format_option(value)}"
+    return UserError(f"{given} {what}; drop it (this run would ignore it)")
+
+
+def refuse_inapplicable(cfg: TrainConfig, *, processes: int | None = None) -> None:
+    """One-line error for the first option this run would ignore."""
+    for name, what in inapplicable_options(cfg, processes=processes).items():
+        raise _refusal(cfg, name, what)
+
+
+def settle_inapplicable(cfg: TrainConfig, typed: set[str], *, processes: int | None = None) -> TrainConfig:
+    """Refuse an option typed on the command line that this run would ignore; one that came from a
+    ``--config`` file (a recipe made for a GPU, run with ``--precision fp32``) is dropped with a note."""
+    ignored = inapplicable_options(cfg, processes=processes)
+    for name, what in ignored.items():
+        if name in typed:
+            raise _refusal(cfg, name, what)
+    for name, what in ignored.items():
+        print(f"degl: note: --{name.replace('_', '-')} from the config file {what}; left out", file=sys.stderr)
+    return without_inapplicable(cfg)
+
+
+def without_inapplicable(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with every option it would ignore put back to its default (``degl compare`` per method)."""
+    defaults = TrainConfig()
+    reset = {name: getattr(defaults, name) for name in inapplicable_options(cfg)}
+    return dataclasses.replace(cfg, **reset) if reset else cfg
+
+
+def upgrade_saved_config(saved: dict[str, Any]) -> dict[str, Any]:
+    """A run's saved config in today's terms: runs saved before ``--async-order`` defaulted to
+    "not given" recorded ``random`` for every method."""
+    saved = dict(saved)
+    buffered = saved.get("method") == "async-dgl" and (saved.get("buffer") or 0) > 0
+    if saved.get("async_order") == "random" and not buffered:
+        saved["async_order"] = None
+    return saved

@@ -10,6 +10,7 @@ replay buffer, and runs the same rank loop as ``degl.train_stage`` and ``degl be
 
 from __future__ import annotations
 
+import json
 import sys
 import traceback
 from dataclasses import dataclass, replace
@@ -21,21 +22,23 @@ import torch
 import torch.distributed as dist
 
 from degl.core.accounting import EpochStats, Position
+from degl.core.codec import buffer_codec, check_codec, parse_codec
 from degl.core.replay_buffer import ReplayBuffer
 from degl.core.step import Precision, StageStep
 from degl.data.loader import mix_seed
 from degl.errors import UserError
 from degl.run import checkpoint
-from degl.run.config import INVOCATION_KEYS, TrainConfig, check_slowdowns
+from degl.run.config import INVOCATION_KEYS, TrainConfig, check_slowdowns, refuse_inapplicable
 from degl.run.rundir import check_new_run_dir, default_run_dir
 from degl.run.runstate import RunState, format_summary
 from degl.run.setup import configure_torch, load_data, loaders, make_stages, optim_settings, prepare_stage, resolve_cuts
 from degl.run.train import create_run_dir
 from degl.runtime.async_rank import AsyncRank
-from degl.runtime.control import IgnoreSignals, StopRequest
+from degl.runtime.control import IgnoreSignals, ProgressBoard, StepBar, StopRequest
 from degl.runtime.dist import DistEnv, staging_device
 from degl.runtime.launch import PEER_FAILED, STOPPED, failures, log, setup_rank, start, watch
 from degl.runtime.sync_rank import Link, Plan, SyncRank
+from degl.runtime.trace import TRACE_FILE, Tracer
 from degl.runtime.transport import PeerError
 
 IDLE_HINT = 0.25  # a rank waiting more than this for its input is worth a note
@@ -49,6 +52,7 @@ def check_pipeline_config(cfg: TrainConfig, world_size: int) -> None:
         )
     if cfg.stages != world_size:
         raise UserError(f"{world_size} processes but --stages {cfg.stages}: the pipeline runs one stage per process")
+    refuse_inapplicable(cfg, processes=world_size)  # under torchrun --workers is not set
 
 
 @dataclass
@@ -69,6 +73,12 @@ def prepare_first_rank(cfg: TrainConfig, world_size: int, resume_dir: Path | Non
     check_pipeline_config(cfg, world_size)
     if resume_dir is not None:
         _, meta = checkpoint.load_meta(resume_dir)
+        if parse_codec(cfg.codec).stateful and meta["position"]["phase"] < 1:
+            raise UserError(
+                f"--codec {cfg.codec} keeps state (codebook, random stream) that multi-process runs do not "
+                "checkpoint, so the pipeline cannot continue this run exactly: resume it in one process "
+                "(--workers 1) if it was trained in one, or start a new run"
+            )
         if cfg.method == "async-dgl" and meta["position"]["phase"] < 1:
             raise UserError(
                 f"{resume_dir} is a stopped multi-process async-dgl run; its buffers and in-flight messages are "
@@ -84,6 +94,8 @@ def prepare_first_rank(cfg: TrainConfig, world_size: int, resume_dir: Path | Non
     # every rank, which then builds its stages without measuring the blocks again.
     with torch.random.fork_rng():
         stages = make_stages(cfg, data)
+    check_codec(cfg.codec, [stage.out_shape for stage in stages[:-1]])
+    check_codec(cfg.buffer_codec, [stage.out_shape for stage in stages[:-1]], flag="--buffer-codec")
     train_loader, test_loader = data.loaders(
         batch_size=cfg.batch_size,
         eval_batch_size=cfg.eval_batch_size,
@@ -94,7 +106,13 @@ def prepare_first_rank(cfg: TrainConfig, world_size: int, resume_dir: Path | Non
     if resume_dir is None:
         create_run_dir(cfg, run_dir)
     plan = Plan(
-        tuple(train_loader.batch_sizes()), tuple(test_loader.batch_sizes()), data.num_classes, cfg.epochs, cfg.precision
+        tuple(train_loader.batch_sizes()),
+        tuple(test_loader.batch_sizes()),
+        data.num_classes,
+        cfg.epochs,
+        cfg.precision,
+        codec=cfg.codec,
+        codec_seed=cfg.seed,
     )
     cuts = tuple(stage.block_indices[0] for stage in stages[1:])
     return PipelineInfo(plan, tuple(data.input_shape), str(run_dir), cuts, cfg.cuts), data
@@ -164,7 +182,9 @@ class RunRecorder:
         self.state.train_time_s = max(r["elapsed"] for r in reports)
         self.state.position = position
         self.state.global_step = reports[0]["steps"]
-        lines = sorted((line for r in reports for line in r["lines"]), key=lambda line: (line["epoch"], line["stage"]))
+        # A rank reports only its total time: a line's time_s is interpolated from its step (rate ~constant).
+        timed = [{"time_s": round(r["elapsed"] * x["step"] / r["steps"], 3), **x} for r in reports for x in r["lines"]]
+        lines = sorted(timed, key=lambda line: (line["epoch"], line["stage"]))
         for line in lines:
             self.state.metrics.write(line)
         for r in reports:
@@ -176,6 +196,8 @@ class RunRecorder:
             {
                 "buffer": self.cfg.buffer,
                 "steps_per_stage": [r["steps"] for r in reports],
+                "served_per_stage": [r["served"] for r in reports],
+                "budget_s_per_stage": [round(r["budget_s"], 3) for r in reports],
                 "steps_per_s_per_stage": [round(r["steps_per_s"], 3) for r in reports],
                 "reuse_per_stage": [round(r["reuse"], 4) for r in reports],
                 "staleness_per_stage": [round(r["staleness"], 4) for r in reports],
@@ -192,8 +214,13 @@ class RunRecorder:
         self._commit(reports, EpochStats.merge(empty), completed=completed)
 
 
-def build_rank(cfg: TrainConfig, env: DistEnv, info: PipelineInfo, data: Any) -> tuple[SyncRank, RunRecorder]:
-    """This rank's loop and recorder, from the config and rank 0's :class:`PipelineInfo`."""
+def build_rank(
+    cfg: TrainConfig, env: DistEnv, info: PipelineInfo, data: Any, board: ProgressBoard | None = None
+) -> tuple[SyncRank, RunRecorder]:
+    """This rank's loop and recorder, from the config and rank 0's :class:`PipelineInfo`.
+
+    ``board``: the local ranks' shared progress figures (``--workers K``), for rank 0's progress bar.
+    """
     device, plan = env.device, info.plan
     # Rank 0's cut, as block indices: no cost measurement (FLOPs counting alone takes ~2 s to warm up).
     explicit = replace(cfg, cuts=info.cuts, split_at=None, split="blocks")
@@ -234,20 +261,26 @@ def build_rank(cfg: TrainConfig, env: DistEnv, info: PipelineInfo, data: Any) ->
         "recorder": recorder,
         "slowdown": check_slowdowns(cfg.slowdown, env.world_size).get(env.rank, 1.0),
         "progress": cfg.progress and env.is_first,
+        "tracer": Tracer(env.rank) if cfg.trace else None,
+        "board": board if cfg.progress else None,
     }
-    if cfg.method != "async-dgl":
+    if cfg.method != "async-dgl" or cfg.buffer == 0:  # --buffer 0: the synchronous pipeline, as --method dgl
         return SyncRank(step, link, plan, **options), recorder
     buffer = None
     if not env.is_first:
         buffer = ReplayBuffer(
-            max(cfg.buffer, 1),
+            cfg.buffer,
             policy=cfg.buffer_policy,
             max_reuse=cfg.max_reuse,
             storage=cfg.buffer_storage,
             device=device,
             compat=cfg.buffer_compat,
             generator=torch.Generator().manual_seed(mix_seed(cfg.seed, 0xB0, env.rank)),
+            codec=buffer_codec(cfg.buffer_codec, cfg.seed, env.rank - 1),
         )
+    if cfg.progress and env.is_first:  # the asynchronous loop draws no bar of its own
+        total = plan.epochs * plan.steps_per_epoch
+        options["step_bar"] = StepBar(min(total, cfg.max_steps or total), plan.train_sizes[0], options["board"])
     rank = AsyncRank(
         step, link, plan, buffer=buffer, queue_depth=cfg.max_in_flight, timeout_s=cfg.fault_timeout, **options
     )
@@ -255,7 +288,8 @@ def build_rank(cfg: TrainConfig, env: DistEnv, info: PipelineInfo, data: Any) ->
 
 
 def _fingerprint(cfg: TrainConfig) -> str:
-    return repr(sorted((k, v) for k, v in cfg.to_dict().items() if k not in INVOCATION_KEYS))
+    # --trace may change between invocations but not between ranks: tracing ranks meet in collectives.
+    return repr((sorted((k, v) for k, v in cfg.to_dict().items() if k not in INVOCATION_KEYS), cfg.trace))
 
 
 def _agree(env: DistEnv, problem: str | None) -> str | None:
@@ -272,7 +306,7 @@ def _quit(env: DistEnv, message: str | None, code: int) -> int:
     return code
 
 
-def run_rank(cfg: TrainConfig, resume_dir: Path | None, print_summary: bool) -> int:
+def run_rank(cfg: TrainConfig, resume_dir: Path | None, print_summary: bool, board: ProgressBoard | None = None) -> int:
     """Run this process's stage to the end; return the exit status (0, 2 user error, 130 stopped)."""
     configure_torch(replace(cfg, threads=None))
     env = setup_rank(threads=cfg.threads, pin=cfg.pin_cpus, device=cfg.device, timeout_s=cfg.fault_timeout)
@@ -295,7 +329,7 @@ def run_rank(cfg: TrainConfig, resume_dir: Path | None, print_summary: bool) -> 
                 "degl: error: the ranks were started with different options; start them all with the same command line",
                 2,
             )
-        rank, recorder = build_rank(replace(cfg, cuts=info.recorded_cuts), env, info, data)
+        rank, recorder = build_rank(replace(cfg, cuts=info.recorded_cuts), env, info, data, board)
         if resume_dir is not None:
             problem = None
             try:
@@ -311,9 +345,15 @@ def run_rank(cfg: TrainConfig, resume_dir: Path | None, print_summary: bool) -> 
             if rank.position.phase >= 1:
                 return _quit(env, f"degl: {resume_dir} is already complete ({rank.global_step} steps)", 0)
         message = "stopping the pipeline after this step and writing a checkpoint"
+        rank.tracer.start()  # a barrier when tracing: the ranks' common time origin
         with StopRequest(message) if env.is_first else IgnoreSignals() as stop:
             stopped = rank.fit(max_steps=cfg.max_steps, stop=stop)
         interrupted = stopped and stop.requested
+        if cfg.trace:
+            trace = rank.tracer.gather(env.world_size)
+            if trace is not None:
+                text = json.dumps(trace, separators=(",", ":"))
+                checkpoint.atomic_write_bytes(Path(info.run_dir) / TRACE_FILE, text.encode())
         dist.destroy_process_group()
     except PeerError as exc:
         log(env.rank, f"error: {exc}")
@@ -357,7 +397,8 @@ def launch_local(cfg: TrainConfig, *, resume_dir: Path | None) -> int:
         run_dir = resume_dir
     # This process has only parsed the command line (no torch computation): forking is safe and saves
     # each rank importing torch again.
-    codes = watch(start(run_rank, num, (cfg, resume_dir, False), start_method="fork"), cfg.fault_timeout)
+    board = ProgressBoard(num) if cfg.progress else None  # shared memory, inherited by the forked ranks
+    codes = watch(start(run_rank, num, (cfg, resume_dir, False, board), start_method="fork"), cfg.fault_timeout)
     problem = failures(codes)
     if problem is not None:
         print(f"degl: error: {problem}", file=sys.stderr)

@@ -16,10 +16,15 @@ from tqdm.auto import tqdm
 
 import degl
 from degl.core.accounting import EpochStats, Position, train_line
+from degl.core.codec import wire_bytes_per_sample
 from degl.core.stage import Stage
+from degl.core.step import PRECISION_DTYPES
 from degl.run import checkpoint
 from degl.run.config import TrainConfig
 from degl.run.rundir import MetricsLog, write_json
+from degl.run.tensorboard import SUBDIR as TB_SUBDIR
+from degl.run.tensorboard import TensorBoardLog
+from degl.run.tensorboard import resolve as resolve_tensorboard
 
 
 @dataclass
@@ -37,11 +42,30 @@ class RunState:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
+        # --tensorboard unset: on when the package is installed (resolve raises if asked for but missing).
+        board = TensorBoardLog(self.run_dir / TB_SUBDIR) if resolve_tensorboard(self.cfg.tensorboard) else None
+        # time_s on every line: the training seconds so far, the x axis of 'degl plot --x time'.
+        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", clock=lambda: self.train_time_s, tensorboard=board)
 
     @staticmethod
     def describe_stages(stages: list[Stage]) -> list[dict[str, Any]]:
-        return [{"blocks": list(s.block_indices), "params": sum(p.numel() for p in s.parameters())} for s in stages]
+        return [
+            {
+                "blocks": list(s.block_indices),
+                "params": sum(p.numel() for p in s.parameters()),
+                "out_shape": list(s.out_shape),
+            }
+            for s in stages
+        ]
+
+    def wire_bytes_per_sample(self) -> list[float]:
+        """Bytes per sample of a training message at each stage boundary under ``--codec`` (at the
+        training batch size; codes, scales and codebook updates included); none: the run's precision."""
+        if self.cfg.method == "backprop":
+            return []
+        shapes = [s["out_shape"] for s in self.stage_info[:-1]]
+        wire = PRECISION_DTYPES[self.cfg.precision] or torch.float32
+        return wire_bytes_per_sample(self.cfg.codec, shapes, self.cfg.batch_size, wire)
 
     def write_epoch(
         self,
@@ -104,12 +128,18 @@ class RunState:
             "torch": torch.__version__,
             "degl": degl.__version__,
         }
+        summary["wire_bytes_per_sample"] = self.wire_bytes_per_sample()
+        summary["buffer_bytes"] = 0  # runs with replay buffers set it in extra
+        if evaluated and "exact_acc" in self.last_eval[evaluated[-1]]:  # --codec: the exact forward's too
+            summary["test_acc_exact_per_stage"] = [self.last_eval[s].get("exact_acc") for s in evaluated]
         summary.update({k: v for k, v in self.extra.items() if k != "num_phases"})
         return summary
 
     def write_summary(self, *, completed: bool) -> dict[str, Any]:
         summary = self.summary(completed=completed)
         write_json(self.run_dir / "summary.json", summary)
+        if self.metrics.tensorboard is not None:
+            self.metrics.tensorboard.summary(summary)
         return summary
 
     def meta(self, epoch_stats: EpochStats, method_shared: dict[str, Any]) -> dict[str, Any]:
@@ -132,7 +162,8 @@ class RunState:
         self.global_step = int(meta["global_step"])
         self.train_time_s = float(meta["train_time_s"])
         self.last_eval = {int(k): v for k, v in meta["last_eval"].items()}
-        self.metrics.truncate(int(meta["metrics_lines"]))
+        epochs_completed = self.position.phase * self.cfg.epochs + self.position.epoch
+        self.metrics.truncate(int(meta["metrics_lines"]), epochs_completed=epochs_completed)
 
     @property
     def checkpoint_name(self) -> str:

@@ -129,6 +129,8 @@ def method_options(cfg: TrainConfig, settings: OptimSettings, device: torch.devi
         "reset_at_decay": cfg.reset_at_decay,
         "loss_scale_init": cfg.loss_scale_init,
         "loss_scale_growth_interval": cfg.loss_scale_growth_interval,
+        "codec": cfg.codec,
+        "codec_seed": cfg.seed,
     }
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from degl.core.evaluate import evaluate
+from degl.core.codec import evaluate_coded
 from degl.core.feature_cache import FrozenFeatureCache
 from degl.core.methods import SequentialGreedy
 from degl.data.base import BatchLoader
@@ -62,8 +62,10 @@ class Trainer:
         self.stats.load_state_dict(meta["epoch_stats"], device)
 
     def end_of_epoch(self, phase: int, epoch: int) -> None:
-        result = evaluate(
+        # Through the boundaries' codecs when --codec simulates one (exact_acc: without them).
+        evaluation = evaluate_coded(
             self.setup.stages,
+            getattr(self.method, "codecs", []),
             self.setup.test_loader,
             evaluated=self.method.evaluated_stages(phase),
             autocast=self.method.precision.autocast,
@@ -73,7 +75,7 @@ class Trainer:
             phase=phase,
             epoch=epoch,
             train=self.stats,
-            evaluation=result.by_stage(),
+            evaluation=evaluation,
             lrs={s: lrs[s] if len(lrs) > 1 else lrs[0] for s in self.stats.stages},
         )
 
@@ -178,10 +180,10 @@ def train(cfg: TrainConfig) -> tuple[dict[str, Any], Path]:
 
 def resume_config(run_dir: Path, overrides: dict[str, Any]) -> tuple[Path, dict[str, Any], TrainConfig]:
     """The checkpoint to resume from, its metadata, and the saved config with invocation overrides."""
-    from degl.run.config import INVOCATION_KEYS, make_config
+    from degl.run.config import INVOCATION_KEYS, make_config, upgrade_saved_config
 
     path, meta = checkpoint.load_meta(run_dir)
-    saved = dict(meta["config"])
+    saved = upgrade_saved_config(meta["config"])
     saved["max_steps"] = None
     for key, value in overrides.items():
         if key not in INVOCATION_KEYS:

@@ -11,8 +11,10 @@ same code: a :class:`~degl.core.step.StageStep`, a :class:`Link` to the neighbou
 writes checkpoints and metrics (the run directory, for the CLI).
 
 Messages (shapes are known from the plan, so receives are posted early):
-    train:  [activations (n, *shape), meta int64 (labels..., control, epoch, step)]
-    eval:   [activations (n, *shape), meta, ensemble float32 (n, classes)]
+    train:  [activations..., meta int64 (labels..., control, epoch, step)]
+    eval:   [activations..., meta, ensemble float32 (n, classes)]
+where "activations..." are the tensors of the boundary's codec (:mod:`degl.core.codec`): with the
+default ``none``, the activations (n, *shape) in the wire dtype.
 A STOP (a step budget or Ctrl-C on rank 0) replaces a train message and travels down the line.
 """
 
@@ -27,9 +29,11 @@ import torch
 import torch.distributed as dist
 
 from degl.core.accounting import EpochStats, Position
+from degl.core.codec import build_codec
 from degl.core.evaluate import EvalAccumulator, EvalResult, ensemble_weight
 from degl.core.step import StageStep
-from degl.runtime.control import progress_bar
+from degl.runtime.control import ProgressBoard, StepBar, progress_bar, progress_note, slowest_in_reports
+from degl.runtime.trace import NULL_TRACER, Tracer, instrument
 from degl.runtime.transport import Inbox, Outbox, TensorSpec
 
 DATA, STOP, DONE = 0, 1, 2
@@ -47,6 +51,10 @@ class Plan:
     epochs: int
     wire: str = "fp32"
     """dtype of activations on the wire: fp32, bf16 or fp16."""
+    codec: str = "none"
+    """How activations cross each boundary (:mod:`degl.core.codec`); ``none`` sends them in ``wire``."""
+    codec_seed: int = 0
+    """Seeds the codecs' random choices (the run's seed: the same codecs as in one process)."""
 
     @property
     def steps_per_epoch(self) -> int:
@@ -84,10 +92,18 @@ class Link:
 
     @classmethod
     def for_rank(
-        cls, rank: int, world: int, device: torch.device, *, max_in_flight: int = 2, staging: torch.device | None = None
+        cls,
+        rank: int,
+        world: int,
+        device: torch.device,
+        *,
+        max_in_flight: int = 2,
+        staging: torch.device | None = None,
+        link_mbps: float | None = None,
     ) -> Link:
-        inbox = Inbox(rank - 1, device, staging) if rank > 0 else None
-        outbox = Outbox(rank + 1, max_in_flight, staging) if rank < world - 1 else None
+        """``link_mbps``: emulate links of that speed (see :class:`~degl.runtime.transport.EmulatedLink`)."""
+        inbox = Inbox(rank - 1, device, staging, link_mbps=link_mbps) if rank > 0 else None
+        outbox = Outbox(rank + 1, max_in_flight, staging, link_mbps=link_mbps) if rank < world - 1 else None
         return cls(inbox, outbox)
 
     def waits(self) -> tuple[float, float]:
@@ -112,6 +128,9 @@ class Timing:
     data: float = 0.0
     elapsed: float = 0.0
     marks: list[tuple[float, float, float, float]] = field(default_factory=list)
+    waits: tuple[float, float] | None = None
+    """(receive, send) waits during this epoch's training; the links count from the run's start and
+    through evaluation. None: not measured (the links' totals are used)."""
 
     @property
     def step_ends(self) -> list[float]:
@@ -148,8 +167,12 @@ class SyncRank:
         test_batches: rank 0's test batches (sizes ``plan.eval_sizes``); evaluation runs after every
             epoch when the plan has eval sizes.
         recorder: saves checkpoints and metrics; ``None`` keeps the reports in :attr:`history`.
-        slowdown: emulate a slower device (this rank's steps take that many times as long).
+        slowdown: emulate a slower device: every step's work is done that many times on average
+            (the repeats change nothing; see :meth:`StageStep.rehearse`).
         progress: show a progress bar (rank 0).
+        tracer: records this rank's timeline (``--trace``); ``None``: nothing is recorded.
+        board: the local ranks' shared progress figures, shown in rank 0's bar.
+        step_bar: a step bar fed from every training step, for loops that draw none (async rank 0).
     """
 
     def __init__(
@@ -165,6 +188,9 @@ class SyncRank:
         recorder: Recorder | None = None,
         slowdown: float = 1.0,
         progress: bool = False,
+        tracer: Tracer | None = None,
+        board: ProgressBoard | None = None,
+        step_bar: StepBar | None = None,
     ) -> None:
         if rank == 0 and train_batches is None:
             raise ValueError("rank 0 needs train_batches")
@@ -173,15 +199,23 @@ class SyncRank:
         self.train_batches, self.test_batches = train_batches, test_batches
         self.recorder = recorder
         self.slowdown = slowdown
+        self._work_credit = 0.0
         self.progress = progress and rank == 0
         self.device = step.device
         self.wire = plan.wire_dtype
+        # The codecs of the boundaries before and after this rank: built as one process builds them,
+        # so a rank encodes and decodes exactly what the single-process run simulates.
+        self.codec_in = build_codec(plan.codec, seed=plan.codec_seed, boundary=rank - 1, wire=self.wire)
+        self.codec_out = build_codec(plan.codec, seed=plan.codec_seed, boundary=rank, wire=self.wire)
+        self.codec_s = 0.0  # seconds spent encoding and decoding
         self.stats = EpochStats()
         self.position = Position()
         self.global_step = 0
         self.timing = Timing()
         self._start = time.perf_counter()  # when the current epoch's training began
         self.history: list[dict[str, Any]] = []
+        self.tracer, self.board = tracer or NULL_TRACER, board
+        instrument(self, self.tracer, board, step_bar)  # wraps a few methods, only when something is on
 
     @property
     def in_shape(self) -> tuple[int, ...]:
@@ -194,11 +228,32 @@ class SyncRank:
     # ------------------------------------------------------------------ specs
     def train_spec(self, step: int) -> list[TensorSpec]:
         n = self.plan.train_sizes[step]
-        return [((n, *self.in_shape), self.wire), ((n + 3,), torch.int64)]
+        return [*self.codec_in.specs(n, self.in_shape, train=True), ((n + 3,), torch.int64)]
 
     def eval_spec(self, i: int) -> list[TensorSpec]:
         n = self.plan.eval_sizes[i]
-        return [((n, *self.in_shape), self.wire), ((n + 3,), torch.int64), ((n, self.plan.num_classes), torch.float32)]
+        return [
+            *self.codec_in.specs(n, self.in_shape, train=False),
+            ((n + 3,), torch.int64),
+            ((n, self.plan.num_classes), torch.float32),
+        ]
+
+    def _encode(self, out: torch.Tensor, *, train: bool) -> list[torch.Tensor]:
+        tick = time.perf_counter()
+        parts = self.codec_out.encode(out, train=train)
+        self._codec_time(time.perf_counter() - tick, train)
+        return parts
+
+    def _decode(self, parts: list[torch.Tensor], *, train: bool) -> torch.Tensor:
+        tick = time.perf_counter()
+        x = self.codec_in.decode(parts, train=train)
+        self._codec_time(time.perf_counter() - tick, train)
+        return x
+
+    def _codec_time(self, seconds: float, train: bool) -> None:
+        self.codec_s += seconds
+        if train:  # encoding is this rank's work, not waiting: it counts as busy in the idle fractions
+            self.timing.compute += seconds
 
     # ------------------------------------------------------------------ resume
     def restore(self, stage_state: dict[str, Any], meta: dict[str, Any]) -> None:
@@ -227,21 +282,30 @@ class SyncRank:
     def _train(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         tick = time.perf_counter()
         out, result = self.step_obj.step(x, y)
+        for _ in range(self._extra_work()):
+            self.step_obj.rehearse(x, y)
         self._sync()
-        spent = time.perf_counter() - tick
-        if self.slowdown > 1:  # emulate a slower device: this rank's step takes FACTOR times as long
-            time.sleep((self.slowdown - 1) * spent)
-            spent *= self.slowdown
-        self.timing.compute += spent
+        self.timing.compute += time.perf_counter() - tick
         self.stats.add([result])
         return out
+
+    def _extra_work(self) -> int:
+        """How many times to repeat this step's work without effect, so that a rank slowed by F
+        does F times the work on average (F = 1.5: once every other step)."""
+        if self.slowdown <= 1:
+            return 0
+        self._work_credit += self.slowdown - 1
+        repeats = int(self._work_credit + 1e-9)
+        self._work_credit -= repeats
+        return repeats
 
     def _send_control(self, control: int, n: int) -> None:
         """A control message in place of a train message of ``n`` samples (the size the next rank expects)."""
         if self.link.outbox is not None:
-            zeros = torch.zeros(n, *self.out_shape, dtype=self.wire, device=self.device)
+            specs = self.codec_out.specs(n, self.out_shape, train=True)
+            zeros = [torch.zeros(shape, dtype=dtype, device=self.device) for shape, dtype in specs]
             labels = torch.zeros(n, dtype=torch.int64, device=self.device)
-            self.link.outbox.send([zeros, pack(labels, control, 0, 0)])
+            self.link.outbox.send([*zeros, pack(labels, control, 0, 0)])
             self.link.outbox.flush()
 
     def _after_step(self, step: int) -> None:
@@ -262,13 +326,13 @@ class SyncRank:
                 self.timing.data += time.perf_counter() - tick
                 out = self._train(x, y)
                 if outbox is not None:
-                    outbox.send([out.to(self.wire), pack(y, DATA, epoch, step)])
+                    outbox.send([*self._encode(out, train=True), pack(y, DATA, epoch, step)])
                 self._after_step(step)
                 budget[0] -= 1
                 bar.update(1)
                 if step % 10 == 0:
                     rate = (step + 1 - first_step) * self.plan.train_sizes[0] / (time.perf_counter() - self._start)
-                    bar.set_postfix_str(f"{rate:.0f} samples/s", refresh=False)
+                    bar.set_postfix_str(progress_note(rate, self.board, lockstep=True), refresh=False)
                 if (budget[0] == 0 or stop.requested) and step + 1 < n:
                     self._send_control(STOP, self.plan.train_sizes[step + 1])
                     return True
@@ -282,12 +346,13 @@ class SyncRank:
         if not inbox.pending:
             inbox.post(self.train_spec(first_step))
         for step in range(first_step, n):
-            x, meta = inbox.wait()
+            *parts, meta = inbox.wait()
             y, control, sent_epoch, sent_step = unpack(meta)
             if control == STOP:
                 self._send_control(STOP, self.plan.train_sizes[step])
                 return True
             assert (sent_epoch, sent_step) == (epoch, step), f"pipeline out of step: got {(sent_epoch, sent_step)}"
+            x = self._decode(parts, train=True)
             # Post the next receive before computing, so the transfer overlaps with this step.
             if step + 1 < n:
                 inbox.post(self.train_spec(step + 1))
@@ -297,7 +362,7 @@ class SyncRank:
                 inbox.post(self.train_spec(0))
             out = self._train(x, y)
             if outbox is not None:
-                outbox.send([out.to(self.wire), meta])
+                outbox.send([*self._encode(out, train=True), meta])
             self._after_step(step)
         return False
 
@@ -322,7 +387,8 @@ class SyncRank:
                 x, y = next(batches)
                 meta, ensemble = pack(y, DATA, -1, i), None
             else:
-                x, meta, ensemble = inbox.wait()
+                *parts, meta, ensemble = inbox.wait()
+                x = self._decode(parts, train=False)
                 if i + 1 < len(sizes):
                     inbox.post(self.eval_spec(i + 1))
                 y = meta[:-3]
@@ -333,7 +399,7 @@ class SyncRank:
             acc.count += y.numel()
             acc.add(0, logits, y, ensemble)
             if outbox is not None:
-                outbox.send([h.to(self.wire), meta, ensemble])
+                outbox.send([*self._encode(h, train=False), meta, ensemble])
         if outbox is not None:
             outbox.flush()
         stage.train()
@@ -347,7 +413,7 @@ class SyncRank:
             "stats": {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in self.stats.state_dict().items()},
             "eval": None if evaluation is None else evaluation.by_stage()[self.rank],
             "lr": self.step_obj.lr,
-            "timing": self.timing.idle_fraction(*self.link.waits()),
+            "timing": self.timing.idle_fraction(*(self.timing.waits or self.link.waits())),
             "elapsed": self.timing.elapsed,
             "steps": self.global_step,
         }
@@ -380,12 +446,17 @@ class SyncRank:
                 self.position = Position(0, epoch, first_step)
                 self.timing = Timing()
                 self._start = time.perf_counter()
+                waits_before = self.link.waits()
                 stopped = (
                     self.train_epoch_first(epoch, first_step, stop, budget)
                     if first
                     else self.train_epoch_next(epoch, first_step)
                 )
                 self.timing.elapsed = time.perf_counter() - self._start
+                self.timing.waits = (
+                    self.link.waits()[0] - waits_before[0],
+                    self.link.waits()[1] - waits_before[1],
+                )
                 if stopped:
                     reports = self.save_and_gather(None)
                     if first and self.recorder is not None:
@@ -401,6 +472,7 @@ class SyncRank:
                     self.history.append({"epoch": epoch + 1, "reports": reports})
                     if self.recorder is not None:
                         self.recorder.epoch_end(reports, epoch=epoch, position=self.position, finished=finished)
+                    bar.set_postfix_str(slowest_in_reports(reports), refresh=False)
                     bar.update(1)
                     decision = [not finished and (budget[0] == 0 or stop.requested)]
                 dist.broadcast_object_list(decision, src=0)
