@@ -68,3 +68,24 @@ def kill_rank_one(env: degl.DistEnv) -> None:
     if env.rank == 1:
         os._exit(7)
     torch.distributed.barrier()
+
+
+def async_with_a_slow_last_rank(env):
+    """The fast rank finishes its budget long before the slow one releases it (longer than the
+    process group's timeout in the test): it must keep serving, then stop cleanly."""
+    stages = tiny_stages(2)
+    result = degl.train_stage(
+        env,
+        stages,
+        sgd,
+        train_batches=tiny_batches(8) if env.rank == 0 else None,
+        epochs=4,
+        method="async-dgl",
+        buffer_size=4,
+        slowdown=100.0 if env.rank == 1 else 1.0,
+        progress=False,
+    )
+    if env.rank != 0:
+        return None
+    reports = result.history[-1]["reports"]
+    return [r["steps"] for r in reports], [r["served"] for r in reports], [r["budget_s"] for r in reports]

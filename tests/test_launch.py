@@ -4,7 +4,16 @@ import pytest
 import torch
 
 import degl
-from launch_fns import fail_on_rank_one, kill_rank_one, sgd, tiny_batches, tiny_stages, train_tiny_pipeline, whoami
+from launch_fns import (
+    async_with_a_slow_last_rank,
+    fail_on_rank_one,
+    kill_rank_one,
+    sgd,
+    tiny_batches,
+    tiny_stages,
+    train_tiny_pipeline,
+    whoami,
+)
 
 pytestmark = pytest.mark.distributed
 
@@ -71,3 +80,12 @@ def test_a_mostly_waiting_rank_gets_a_balance_note(capsys, tmp_path):
     timed = RunRecorder(TrainConfig(split="time"), tmp_path, None)
     timed._hint_balance(reports([0.0, 0.48]))  # already balanced by measured time: nothing to suggest
     assert capsys.readouterr().err == ""
+
+
+def test_async_fast_rank_waits_for_the_slow_one_longer_than_the_timeout():
+    # Rank 1 repeats each step's work 100 times: its 32 updates take seconds after rank 0's are done,
+    # while the process group's timeout is 1 s. The release that frees rank 0 travels on a group of
+    # its own, so rank 0's long wait for it times nothing out (on the run's group it did).
+    steps, served, _ = degl.launch(async_with_a_slow_last_rank, 2, timeout_s=1.0)[0]
+    assert steps == [32, 32]  # every rank did exactly epochs x batches updates
+    assert served[0] > 0 and served[1] == 0  # rank 0 kept feeding the slow rank, frozen

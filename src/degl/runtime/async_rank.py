@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -36,21 +37,26 @@ from degl.runtime.sync_rank import DATA, DONE, NeverStop, SyncRank, pack, unpack
 from degl.runtime.transport import BackgroundInbox, PeerError
 
 RELEASE_TAG = 7  # the backward "release" message; forward messages use tag 0
+# A release may come long after the listener starts waiting (a fast rank waits for a slow one). On
+# the run's process group a wait that long would hit its timeout, and gloo then closes the pair the
+# activations use too; releases travel on a group of their own whose timeout no run reaches. A rank
+# that dies still closes the connection, which the listener reports at once.
+RELEASE_TIMEOUT = timedelta(days=30)
 
 
 class ReleaseListener:
     """Waits on a background thread for the successor's release (gloo's ``is_completed`` only turns
     true inside ``wait``, so polling a posted receive would never see it)."""
 
-    def __init__(self, src: int, device: torch.device) -> None:
+    def __init__(self, src: int, group: dist.ProcessGroup) -> None:
         self.src = src
         self._arrived = threading.Event()
         self._error: BaseException | None = None
-        flag = torch.zeros(1, dtype=torch.int64, device=device)
+        flag = torch.zeros(1, dtype=torch.int64)
 
         def listen() -> None:
             try:
-                dist.recv(flag, src, tag=RELEASE_TAG)
+                dist.recv(flag, src, group=group, tag=RELEASE_TAG)
             except BaseException as exc:  # the successor died: reported where the flag is read
                 self._error = exc
             self._arrived.set()
@@ -108,11 +114,7 @@ class AsyncRank(SyncRank):
         self.recv_wait_s = 0.0
         self._listener: ReleaseListener | None = None
         self._release: dist.Work | None = None
-
-    @property
-    def flag_device(self) -> torch.device:
-        inbox = self.link.inbox
-        return (inbox.staging if inbox is not None and inbox.staging is not None else None) or self.device
+        self._release_group: Any = None  # the process group of the releases, made in fit()
 
     @property
     def released(self) -> bool:
@@ -165,9 +167,8 @@ class AsyncRank(SyncRank):
     def _send_release(self) -> None:
         """Tell the predecessor its outputs are no longer needed (exactly once per run)."""
         if self.rank > 0 and self._release is None:
-            self._release = dist.isend(
-                torch.ones(1, dtype=torch.int64, device=self.flag_device), self.rank - 1, tag=RELEASE_TAG
-            )
+            flag = torch.ones(1, dtype=torch.int64)
+            self._release = dist.isend(flag, self.rank - 1, group=self._release_group, tag=RELEASE_TAG)
 
     # ------------------------------------------------------------------ rank 0
     def _produce(self, stop: Any, max_steps: int | None) -> bool:
@@ -240,8 +241,10 @@ class AsyncRank(SyncRank):
         stop = stop if stop is not None else NeverStop()
         self.stats.reset([self.rank], self.device)
         self._start = time.perf_counter()
+        # Collective: every rank creates the group, in the same order. gloo: the flags live on the CPU.
+        self._release_group = dist.new_group(backend="gloo", timeout=RELEASE_TIMEOUT)
         if self.rank < self.world - 1:
-            self._listener = ReleaseListener(self.rank + 1, self.flag_device)
+            self._listener = ReleaseListener(self.rank + 1, self._release_group)
         if first:
             self._produce(stop, max_steps)
         else:
@@ -267,6 +270,7 @@ class AsyncRank(SyncRank):
             self._listener.join(self.timeout_s)
         if self._release is not None:
             self._release.wait()
+        dist.destroy_process_group(self._release_group)
         evaluation = self.evaluate()
         # Ranks did different numbers of steps; the checkpoint is named after rank 0's.
         shared = [self.steps]

@@ -85,6 +85,7 @@ def train_stage(
     method: str = "dgl",
     buffer_size: int = 4,
     max_reuse: int | None = None,
+    slowdown: float = 1.0,
     progress: bool = True,
 ) -> PipelineResult:
     """Train stage ``env.rank`` of ``stages`` in the pipeline of ``env.world_size`` processes.
@@ -98,6 +99,8 @@ def train_stage(
         scheduler: ``f(optimizer) -> lr scheduler``, stepped every training step.
         method: ``dgl`` (synchronous, bit-identical to :class:`degl.DGL`) or ``async-dgl`` (replay
             buffers of ``buffer_size`` batches between ranks, each reused at most ``max_reuse`` times).
+        slowdown: make this rank emulate a device that many times slower (it repeats each step's
+            work without effect; e.g. ``3.0 if env.rank == 1 else 1.0``).
     """
     if len(stages) != env.world_size:
         raise ValueError(
@@ -126,6 +129,7 @@ def train_stage(
         "train_batches": source,
         "test_batches": _OnDevice(test_batches, device) if env.rank == 0 and test_batches is not None else None,
         "progress": progress,
+        "slowdown": slowdown,
     }
     if method == "dgl":
         rank = SyncRank(step, link, plan[0], **options)
