@@ -19,13 +19,13 @@ $(STAMP): pyproject.toml constraints.txt
 data: $(STAMP)
 	@PYTHON=$(BIN)/python sh scripts/install-data.sh
 
-# DGL and backprop on the same budget (a table), their learning curves (runs/demo/curves.png), then the
-# pipeline at work: 2 processes x 1 thread beside 1 process x 2 threads, with its timeline.
+# The pipeline at work (2 processes x 1 thread beside 1 process x 2 threads, with its timeline), then
+# DGL and backprop on the same budget: the comparison table and their learning curves (runs/demo/curves.png).
 demo: install
+	$(BIN)/python scripts/demo_pipeline.py --out runs/demo/pipeline
 	$(BIN)/degl compare --methods dgl,backprop --model cnn6 --width 0.125 --stages 4 --epochs 5 \
 		--aux mlp --parallel 2 --no-augment --channels-last --out runs/demo
 	$(BIN)/degl plot runs/demo/dgl-seed0 runs/demo/backprop-seed0 --out runs/demo/curves.png
-	$(BIN)/python scripts/demo_pipeline.py --out runs/demo/pipeline
 
 test: install
 	DEGL_REQUIRE_DATA=1 $(BIN)/pytest -q

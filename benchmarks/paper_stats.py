@@ -77,9 +77,9 @@ def main() -> None:
     text = [
         "# Architecture figures: degl vs the official code's models (paper-spec §2)",
         "",
-        f"- commit: {git_commit()}",
         "- command: `python benchmarks/paper_stats.py` "
         "(each model also: `degl models --stats MODEL --stages K --aux A --json`)",
+        f"- commit: {git_commit()}",
         "- MACs = torch.utils.flop_counter FLOPs / 2 on one sample, eval mode; ImageNet nets at 3x224x224 with 1000 "
         "classes, CIFAR nets at 3x32x32 with 10.",
         "- 'aux / main' counts the heads of stages 1..K-1 (what DGL adds), 'all heads' also the last one.",
