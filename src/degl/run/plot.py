@@ -156,11 +156,12 @@ def plot_runs(
     for i, run in enumerate(runs):
         style = _STYLES[i % len(_STYLES)]
         prefix = f"{run.label}: " if len(runs) > 1 else ""
-        for stage, (xs, ys) in _series(run, split, metric, x).items():
+        series = _series(run, split, metric, x)
+        for stage, (xs, ys) in series.items():
             marker = "o" if len(xs) <= 30 else None
             ax.plot(xs, ys, style, color=colours[stage % 10], marker=marker, ms=3, label=f"{prefix}stage {stage}")
             plotted += 1
-        if metric == "acc" and split == "test":
+        if metric == "acc" and split == "test" and len(series) > 1:  # one head: its ensemble is itself
             xs, ys = _ensemble(run, x)
             if xs:
                 marker = "s" if len(xs) <= 30 else None
