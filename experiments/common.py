@@ -17,6 +17,7 @@ import re
 import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -173,6 +174,26 @@ def git_commit() -> str:
     except OSError:
         return "unknown"
     return head.stdout.strip() + (" + uncommitted changes" if dirty.stdout.strip() else "")
+
+
+def train_command(out: Path, options: list[str]) -> dict[str, Any]:
+    """``degl train OPTIONS --out OUT`` as a fresh command (a finished run is reused); its summary,
+    with the whole command's wall-clock (start-up and evaluation included) as ``command_wall_s``."""
+    summary_path = out / "summary.json"
+    if summary_path.is_file():
+        return json.loads(summary_path.read_text())
+    if out.exists():
+        raise SystemExit(f"error: {out} holds an unfinished run; remove it")
+    command = [sys.executable, "-m", "degl", "train", *options, "--no-progress", "--out", str(out)]
+    tick = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    wall = time.perf_counter() - tick
+    if done.returncode != 0:
+        raise SystemExit(f"error: {' '.join(command[2:])} failed:\n{done.stderr[-3000:]}")
+    summary = json.loads(summary_path.read_text())
+    summary["command_wall_s"] = round(wall, 2)
+    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
 
 
 def write_results(results_dir: str | Path, stem: str, markdown: str, data: dict[str, Any]) -> tuple[Path, Path]:

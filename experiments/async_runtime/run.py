@@ -19,11 +19,8 @@ Keep the number of processes at most the number of cores (the default K=2 on a 2
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -53,45 +50,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def train(args: argparse.Namespace, name: str, extra: list[str]) -> dict[str, Any]:
-    out = Path(args.out) / name
-    if (out / "summary.json").is_file() and json.loads((out / "summary.json").read_text()).get("completed"):
-        return json.loads((out / "summary.json").read_text())
-    if out.exists():
-        raise SystemExit(f"error: {out} holds an unfinished run; remove it")
-    command = [
-        sys.executable,
-        "-m",
-        "degl",
-        "train",
-        "--workers",
-        str(args.workers),
-        "--model",
-        args.model,
-        "--width",
-        str(args.width),
-        "--epochs",
-        str(args.epochs),
-        "--seed",
-        str(args.seed),
-        "--threads",
-        str(args.threads),
-        "--no-augment",
-        "--no-progress",
-        "--out",
-        str(out),
+    options = [
+        "--workers", str(args.workers), "--model", args.model, "--width", str(args.width),
+        "--epochs", str(args.epochs), "--seed", str(args.seed), "--threads", str(args.threads), "--no-augment",
         *extra,
-    ]
+    ]  # fmt: skip
     if args.train_size:
-        command += ["--train-size", str(args.train_size)]
-    tick = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True)
-    wall = time.perf_counter() - tick
-    if done.returncode != 0:
-        raise SystemExit(f"error: {' '.join(command[2:])} failed:\n{done.stderr[-3000:]}")
-    summary = json.loads((out / "summary.json").read_text())
-    summary["command_wall_s"] = round(wall, 2)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+        options += ["--train-size", str(args.train_size)]
+    return common.train_command(Path(args.out) / name, options)
 
 
 def per_rank(summary: dict[str, Any], key: str) -> list[float]:

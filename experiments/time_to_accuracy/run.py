@@ -14,11 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # experiments/common.py
 
@@ -39,24 +36,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", default="runs/experiments/time_to_accuracy")
     parser.add_argument("--results-dir", default=str(common.RESULTS_DIR))
     return parser.parse_args(argv)
-
-
-def train(out: Path, options: list[str]) -> tuple[dict[str, Any], float]:
-    if (out / "summary.json").is_file():
-        summary = json.loads((out / "summary.json").read_text())
-        return summary, summary.get("command_wall_s", float("nan"))
-    if out.exists():
-        raise SystemExit(f"error: {out} holds an unfinished run; remove it")
-    command = [sys.executable, "-m", "degl", "train", *options, "--no-progress", "--out", str(out)]
-    tick = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True)
-    wall = time.perf_counter() - tick
-    if done.returncode != 0:
-        raise SystemExit(f"error: {' '.join(command[2:])} failed:\n{done.stderr[-3000:]}")
-    summary = json.loads((out / "summary.json").read_text())
-    summary["command_wall_s"] = round(wall, 2)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary, wall
 
 
 def last_stage_curve(run: Path) -> list[tuple[float, float]]:
@@ -82,11 +61,12 @@ def main(argv: list[str] | None = None) -> int:
         common_opts += ["--train-size", str(args.train_size)]
     out = Path(args.out)
     dgl_dir, bp_dir = out / f"dgl-workers{k}x1", out / f"backprop-1x{k}threads"
-    dgl, dgl_wall = train(
+    dgl = common.train_command(
         dgl_dir, [*common_opts, "--stages", str(k), "--cuts", args.cuts, "--aux", "mlp", "--workers", str(k),
                   "--threads", "1"]
     )  # fmt: skip
-    bp, bp_wall = train(bp_dir, [*common_opts, "--method", "backprop", "--threads", str(k)])
+    bp = common.train_command(bp_dir, [*common_opts, "--method", "backprop", "--threads", str(k)])
+    dgl_wall, bp_wall = dgl.get("command_wall_s", float("nan")), bp.get("command_wall_s", float("nan"))
     dgl_curve, bp_curve = last_stage_curve(dgl_dir), last_stage_curve(bp_dir)
     target = bp_curve[-1][1]
     dgl_time, bp_time = time_to(dgl_curve, target), time_to(bp_curve, target)
