@@ -4,6 +4,7 @@ A network is cut into K stages; each stage has its own auxiliary classifier, loc
 optimizer and passes its output on detached, so no stage waits for a backward pass from above.
 """
 
+from degl.core.alternatives import GradientMethod
 from degl.core.evaluate import evaluate
 from degl.core.methods import DGL, Backprop, SequentialGreedy, build_method
 from degl.core.split import build_stages, split_blocks
@@ -21,6 +22,7 @@ __all__ = [
     "DGL",
     "Backprop",
     "DistEnv",
+    "GradientMethod",
     "PipelineResult",
     "SequentialGreedy",
     "Stage",

@@ -63,7 +63,8 @@ class EpochStats:
     @staticmethod
     def merge(parts: list[EpochStats]) -> EpochStats:
         """Stats of several processes (one stage each) as if one process had trained them all."""
-        merged = EpochStats(stages=[s for p in parts for s in p.stages], count=parts[0].count)
+        # A process whose stage has no head of its own to train (dni, ddg, fr) counts nothing.
+        merged = EpochStats(stages=[s for p in parts for s in p.stages], count=max(p.count for p in parts))
         merged.loss_sum = torch.cat([p.loss_sum.cpu() for p in parts])  # type: ignore[union-attr]
         merged.correct = torch.cat([p.correct.cpu() for p in parts])  # type: ignore[union-attr]
         return merged

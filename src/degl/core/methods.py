@@ -8,96 +8,18 @@ stage, lower stages frozen) for ``sgl``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
+from degl.core.alternatives import GradientMethod
 from degl.core.codec import Codec, build_codec, check_codec
-from degl.core.optim import OptimizerFactory, SchedulerFactory
+from degl.core.method_base import Method
 from degl.core.stage import Stage
-from degl.core.step import LossFn, Precision, StageStep, StepResult, advance_schedule, cross_entropy, step_result
+from degl.core.step import Precision, StageStep, StepResult, advance_schedule, step_result
 from degl.errors import UserError
 
 __all__ = ["DGL", "Backprop", "Method", "Precision", "SequentialGreedy", "StepResult", "build_method"]
-
-
-class Method:
-    """Owns the stages' optimizers and schedules and performs training steps."""
-
-    name: ClassVar[str]
-
-    def __init__(
-        self,
-        stages: Sequence[Stage],
-        *,
-        make_optimizer: OptimizerFactory,
-        make_scheduler: SchedulerFactory | None = None,
-        precision: str = "fp32",
-        device: torch.device | str = "cpu",
-        reset_at_decay: bool = False,
-        loss_scale_init: float = 2.0**16,
-        loss_scale_growth_interval: int = 2000,
-        loss_fn: LossFn | None = None,
-        codec: str = "none",
-        codec_seed: int = 0,
-    ) -> None:
-        self.stages = list(stages)
-        self.codec, self.codec_seed = codec, codec_seed
-        self.loss_fn = loss_fn or cross_entropy
-        self.reset_at_decay = reset_at_decay
-        self.device = torch.device(device)
-        self.precision = Precision(
-            precision, self.device, init_scale=loss_scale_init, growth_interval=loss_scale_growth_interval
-        )
-        self._make_optimizer = make_optimizer
-        self._make_scheduler = make_scheduler
-
-    @property
-    def num_phases(self) -> int:
-        return 1
-
-    def trained_stages(self, phase: int) -> list[int]:
-        """Stages whose heads are trained (and reported) in ``phase``."""
-        return list(range(len(self.stages)))
-
-    def evaluated_stages(self, phase: int) -> list[int]:
-        """Stages whose test accuracy is meaningful at the end of an epoch of ``phase``."""
-        return self.trained_stages(phase)
-
-    def start_phase(self, phase: int) -> None:
-        for stage in self.stages:
-            stage.train()
-
-    def train_step(self, x: torch.Tensor, y: torch.Tensor, phase: int = 0) -> list[StepResult]:
-        raise NotImplementedError
-
-    def current_lrs(self) -> list[float]:
-        raise NotImplementedError
-
-    def state_dict(self) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        raise NotImplementedError
-
-    def stage_files(self) -> list[dict[str, Any]]:
-        """The content of each stage's checkpoint file: weights plus that stage's optimizer state."""
-        per_stage = self.state_dict()["stages"]
-        return [{"model": stage.state_dict(), **extra} for stage, extra in zip(self.stages, per_stage)]
-
-    def shared_state(self) -> dict[str, Any]:
-        """Optimizer state that belongs to no single stage (backprop's), saved with the run's metadata."""
-        return self.state_dict()["shared"]
-
-    def load_stage_files(self, files: list[dict[str, Any]], shared: dict[str, Any]) -> None:
-        for stage, state in zip(self.stages, files):
-            stage.load_state_dict(state["model"])
-        self.load_state_dict(
-            {
-                "stages": [{k: v for k, v in f.items() if k in ("optimizer", "scheduler", "scaler")} for f in files],
-                "shared": shared,
-            }
-        )
 
 
 class LocalLearning(Method):
@@ -282,9 +204,13 @@ METHOD_CLASSES: dict[str, type[Method]] = {cls.name: cls for cls in (Backprop, D
 
 
 def build_method(name: str, stages: Sequence[Stage], **kwargs: Any) -> Method:
-    """Instantiate the training method ``name`` (``backprop``, ``dgl`` or ``sgl``) over ``stages``."""
+    """Instantiate the training method ``name`` (``backprop``, ``dgl``, ``sgl``, ``dni``, ``cdni``, ``ddg`` or
+    ``fr``) over ``stages``."""
     if name == "async-dgl":  # the same per-stage updates; the runtime decides when each stage acts
         return DGL(stages, **kwargs)
+    if name in ("dni", "cdni", "ddg", "fr"):
+        return GradientMethod(stages, method=name, **kwargs)
     if name not in METHOD_CLASSES:
-        raise UserError(f"unknown method {name!r}; choose one of: {', '.join(METHOD_CLASSES)}")
+        choices = [*METHOD_CLASSES, "dni", "cdni", "ddg", "fr"]
+        raise UserError(f"unknown method {name!r}; choose one of: {', '.join(choices)}")
     return METHOD_CLASSES[name](stages, **kwargs)

@@ -89,3 +89,13 @@ def resnet110(
     return cifar_resnet(
         name="resnet110", blocks_per_group=18, width=width, input_shape=input_shape, num_classes=num_classes
     )
+
+
+@register_model(
+    "resnet20",
+    description="CIFAR ResNet-20, resnet110's family at 3 blocks per group (11 blocks, paper-style K=2 cut)",
+)
+def resnet20(*, width: float = 1.0, input_shape: tuple[int, int, int] = (3, 32, 32), num_classes: int = 10) -> Backbone:
+    return cifar_resnet(
+        name="resnet20", blocks_per_group=3, width=width, input_shape=input_shape, num_classes=num_classes
+    )

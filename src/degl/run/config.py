@@ -20,7 +20,9 @@ import yaml
 from degl.core.codec import parse_codec
 from degl.errors import UserError
 
-METHODS = ("backprop", "dgl", "sgl", "async-dgl")
+METHODS = ("backprop", "dgl", "sgl", "async-dgl", "dni", "cdni", "ddg", "fr")
+GRADIENT_METHODS = ("dni", "cdni", "ddg", "fr")
+"""The paper's alternatives: their stages learn from gradients sent back by the stage above."""
 ASYNC_ORDERS = ("random", "round-robin")
 BUFFER_POLICIES = ("priority_lifo", "fifo", "uniform")
 DATASETS = ("fashion-mnist", "cifar10", "imagenet", "synthetic")
@@ -468,6 +470,10 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError(f"--feature-cache-gb must be 0 or more, got {cfg.feature_cache_gb}")
     if cfg.weight_decay < 0 or cfg.momentum < 0:
         raise UserError("--weight-decay and --momentum must not be negative")
+    if cfg.method in GRADIENT_METHODS and cfg.precision == "fp16":
+        raise UserError(
+            f"--method {cfg.method} runs in fp32 or bf16: fp16's loss scale would scale the gradients it sends"
+        )
     if cfg.nesterov and cfg.momentum == 0:
         raise UserError("--nesterov needs momentum: give --momentum > 0 (or drop --nesterov)")
     if cfg.cuts is not None and cfg.split_at is not None:

@@ -22,13 +22,14 @@ import torch
 import torch.distributed as dist
 
 from degl.core.accounting import EpochStats, Position
+from degl.core.alternatives import make_gradient_step
 from degl.core.codec import buffer_codec, check_codec, parse_codec
 from degl.core.replay_buffer import ReplayBuffer
 from degl.core.step import Precision, StageStep
 from degl.data.loader import mix_seed
 from degl.errors import UserError
 from degl.run import checkpoint
-from degl.run.config import INVOCATION_KEYS, TrainConfig, check_slowdowns, refuse_inapplicable
+from degl.run.config import GRADIENT_METHODS, INVOCATION_KEYS, TrainConfig, check_slowdowns, refuse_inapplicable
 from degl.run.rundir import check_new_run_dir, default_run_dir
 from degl.run.runstate import RunState, format_summary
 from degl.run.setup import configure_torch, load_data, loaders, make_stages, optim_settings, prepare_stage, resolve_cuts
@@ -36,6 +37,7 @@ from degl.run.train import create_run_dir
 from degl.runtime.async_rank import AsyncRank
 from degl.runtime.control import IgnoreSignals, ProgressBoard, StepBar, StopRequest
 from degl.runtime.dist import DistEnv, staging_device
+from degl.runtime.gradient_rank import GradientLink, GradientRank
 from degl.runtime.launch import PEER_FAILED, STOPPED, failures, log, setup_rank, start, watch
 from degl.runtime.sync_rank import Link, Plan, SyncRank
 from degl.runtime.trace import TRACE_FILE, Tracer
@@ -45,9 +47,9 @@ IDLE_HINT = 0.25  # a rank waiting more than this for its input is worth a note
 
 
 def check_pipeline_config(cfg: TrainConfig, world_size: int) -> None:
-    if cfg.method not in ("dgl", "async-dgl"):
+    if cfg.method not in ("dgl", "async-dgl", *GRADIENT_METHODS):
         raise UserError(
-            f"the multi-process pipeline runs --method dgl or async-dgl, not {cfg.method}; "
+            f"the multi-process pipeline runs --method dgl, async-dgl, dni, cdni, ddg or fr, not {cfg.method}; "
             "drop --workers to train it in one process"
         )
     if cfg.stages != world_size:
@@ -170,7 +172,7 @@ class RunRecorder:
             epoch=epoch,
             train=merged,
             lrs={r["rank"]: r["lr"] for r in reports},
-            evaluation={r["rank"]: r["eval"] for r in reports},
+            evaluation={r["rank"]: r["eval"] for r in reports if r["eval"] is not None},
         )
         self._commit(reports, merged, completed=finished)
 
@@ -231,17 +233,24 @@ def build_rank(
     precision = Precision(
         cfg.precision, device, init_scale=cfg.loss_scale_init, growth_interval=cfg.loss_scale_growth_interval
     )
-    step = StageStep(
-        stage,
-        settings.make_optimizer,
-        scheduler=settings.make_scheduler,
-        precision=precision,
-        device=device,
-        reset_at_decay=cfg.reset_at_decay,
-    )
-    link = Link.for_rank(
-        env.rank, env.world_size, device, max_in_flight=cfg.max_in_flight, staging=staging_device(device)
-    )
+    step_options = {"precision": precision, "device": device, "reset_at_decay": cfg.reset_at_decay}
+    link_options = {"max_in_flight": cfg.max_in_flight, "staging": staging_device(device)}
+    gradients = cfg.method in GRADIENT_METHODS
+    if gradients:
+        step: StageStep = make_gradient_step(
+            cfg.method,
+            stage,
+            num_stages=env.world_size,
+            num_classes=plan.num_classes,
+            seed=cfg.seed,
+            make_optimizer=settings.make_optimizer,
+            make_scheduler=settings.make_scheduler,
+            **step_options,
+        )
+        link: Link = GradientLink.for_gradients(env.rank, env.world_size, device, **link_options)
+    else:
+        step = StageStep(stage, settings.make_optimizer, scheduler=settings.make_scheduler, **step_options)
+        link = Link.for_rank(env.rank, env.world_size, device, **link_options)
     state = None
     describe = RunState.describe_stages([stage])[0]
     if env.is_first:
@@ -264,6 +273,8 @@ def build_rank(
         "tracer": Tracer(env.rank) if cfg.trace else None,
         "board": board if cfg.progress else None,
     }
+    if gradients:
+        return GradientRank(step, link, plan, timeout_s=cfg.fault_timeout, **options), recorder  # type: ignore[arg-type]
     if cfg.method != "async-dgl" or cfg.buffer == 0:  # --buffer 0: the synchronous pipeline, as --method dgl
         return SyncRank(step, link, plan, **options), recorder
     buffer = None

@@ -115,7 +115,9 @@ class Trainer:
                                 bar.set_postfix_str(self._postfix(), refresh=False)
                             limit_hit = cfg.max_steps is not None and steps_here >= cfg.max_steps
                             if (limit_hit or stop.requested) and step + 1 < len(loader):
+                                self._finish_epoch()
                                 return self._stop(stop.requested)
+                    self._finish_epoch()
                     self.end_of_epoch(phase, epoch)
                     state.position = state.position.after_epoch(cfg.epochs)
                     epochs_bar.update(1)
@@ -126,6 +128,11 @@ class Trainer:
                     if (limit_hit or stop.requested) and not finished:
                         return self._stop(stop.requested)
         return state.write_summary(completed=True)
+
+    def _finish_epoch(self) -> None:
+        tick = time.perf_counter()
+        self.method.finish_epoch()
+        self.state.train_time_s += time.perf_counter() - tick
 
     def _phase_loader(self, phase: int) -> tuple[BatchLoader, dict[str, Any]]:
         """The training batches of ``phase``: images, or (sgl) the frozen stages' cached features."""

@@ -214,6 +214,8 @@ class SyncRank:
         self.timing = Timing()
         self._start = time.perf_counter()  # when the current epoch's training began
         self.history: list[dict[str, Any]] = []
+        self.scored = True
+        """Whether this rank's head is trained and scored (not for the inner stages of dni/ddg/fr)."""
         self.tracer, self.board = tracer or NULL_TRACER, board
         instrument(self, self.tracer, board, step_bar)  # wraps a few methods, only when something is on
 
@@ -271,6 +273,8 @@ class SyncRank:
                 },
                 self.device,
             )
+        else:  # a rank with no scored head (dni, ddg, fr) has no row
+            self.stats.reset([], self.device)
         self.position = Position(**meta["position"])
         self.global_step = int(meta["global_step"])
 
@@ -393,11 +397,14 @@ class SyncRank:
                     inbox.post(self.eval_spec(i + 1))
                 y = meta[:-3]
             h = self.step_obj.features(x)
-            logits = self.step_obj.logits(h)
-            weighted = logits.softmax(dim=1) * weight
-            ensemble = weighted if ensemble is None else ensemble + weighted
             acc.count += y.numel()
-            acc.add(0, logits, y, ensemble)
+            if self.scored:
+                logits = self.step_obj.logits(h)
+                weighted = logits.softmax(dim=1) * weight
+                ensemble = weighted if ensemble is None else ensemble + weighted
+                acc.add(0, logits, y, ensemble)
+            elif ensemble is None:  # an untrained head adds nothing to the ensemble
+                ensemble = torch.zeros(y.numel(), self.plan.num_classes, device=self.device)
             if outbox is not None:
                 outbox.send([*self._encode(h, train=False), meta, ensemble])
         if outbox is not None:
@@ -411,7 +418,7 @@ class SyncRank:
         return {
             "rank": self.rank,
             "stats": {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in self.stats.state_dict().items()},
-            "eval": None if evaluation is None else evaluation.by_stage()[self.rank],
+            "eval": None if evaluation is None or not self.scored else evaluation.by_stage()[self.rank],
             "lr": self.step_obj.lr,
             "timing": self.timing.idle_fraction(*(self.timing.waits or self.link.waits())),
             "elapsed": self.timing.elapsed,
@@ -442,7 +449,7 @@ class SyncRank:
                 resumed = epoch == start.epoch and start.step > 0
                 first_step = start.step if resumed else 0
                 if not resumed:
-                    self.stats.reset([self.rank], self.device)
+                    self.stats.reset([self.rank] if self.scored else [], self.device)
                 self.position = Position(0, epoch, first_step)
                 self.timing = Timing()
                 self._start = time.perf_counter()

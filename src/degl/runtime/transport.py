@@ -8,6 +8,7 @@ on message t and the transfer overlaps with compute.
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
 import time
@@ -181,15 +182,16 @@ class BackgroundInbox:
     For consumers that must never block on their producer (asynchronous DGL): :meth:`take` returns
     what has arrived without waiting. A thread is needed because a gloo receive's
     ``is_completed()`` only turns true inside ``wait()``, although the bytes arrive in the
-    background. Every message has the shapes ``specs``. The thread stops after the message for
-    which ``last(message)`` is true.
+    background. Every message has the shapes ``specs`` (or ``specs(i)`` for the i-th message,
+    counted from 0, when ``specs`` is a function). The thread stops after the message for which
+    ``last(message)`` is true.
     """
 
     def __init__(
         self,
         src: int,
         device: torch.device,
-        specs: Sequence[TensorSpec],
+        specs: Sequence[TensorSpec] | Callable[[int], Sequence[TensorSpec]],
         last: Callable[[list[torch.Tensor]], bool],
         *,
         capacity: int,
@@ -204,12 +206,16 @@ class BackgroundInbox:
         self.wait_s = 0.0
         self.on_wait: WaitHook | None = None
 
-        all_specs = [*specs, STAMP] if link_mbps is not None else list(specs)
+        def specs_of(index: int) -> list[TensorSpec]:
+            message = specs(index) if callable(specs) else specs
+            return [*message, STAMP] if link_mbps is not None else list(message)
 
         def receive() -> None:
             try:
-                while True:
-                    tensors = [torch.empty(shape, dtype=dtype, device=staging or device) for shape, dtype in all_specs]
+                for index in itertools.count():
+                    tensors = [
+                        torch.empty(shape, dtype=dtype, device=staging or device) for shape, dtype in specs_of(index)
+                    ]
                     _wait_all([dist.irecv(t, src) for t in tensors], src, "receiving from")
                     if link_mbps is not None:  # an emulated link: not before its delivery time
                         _until(float(tensors.pop()))
