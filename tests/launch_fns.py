@@ -40,12 +40,14 @@ def sgd(params):
     return torch.optim.SGD(params, lr=0.05, momentum=0.9)
 
 
-def train_tiny_pipeline(env: degl.DistEnv, epochs: int) -> dict:
+def train_tiny_pipeline(env: degl.DistEnv, epochs: int, method: str = "dgl") -> dict:
     """Every rank builds the same stages; rank 0 alone has the data."""
     stages = tiny_stages(env.world_size)
     train = tiny_batches(6) if env.rank == 0 else None
     test = tiny_batches(2, size=10, seed=2) if env.rank == 0 else None
-    result = degl.train_stage(env, stages, sgd, train_batches=train, test_batches=test, epochs=epochs, progress=False)
+    result = degl.train_stage(
+        env, stages, sgd, train_batches=train, test_batches=test, epochs=epochs, method=method, progress=False
+    )
     return {
         "rank": env.rank,
         "world": env.world_size,

@@ -2,6 +2,7 @@
 processes equals one process bit for bit."""
 
 import copy
+import json
 
 import pytest
 import torch
@@ -244,3 +245,15 @@ def test_options_that_do_not_apply_are_refused(tmp_path, args, message):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("degl: error:") and message in lines[0], done.stderr
     assert not out.exists()
+
+
+@pytest.mark.distributed
+def test_eval_of_a_slowed_dni_pipeline_run_scores_the_last_stage(tmp_path):
+    out = tmp_path / "run"
+    done = run_degl("train", *EXACT, "--method", "dni", "--workers", "3", "--slowdown", "1:1.5", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    done = run_degl("eval", "--run", str(out))
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    last = [line for line in read_metrics(out) if line["split"] == "test"][-1]
+    assert result["stages"] == [2] and result["test_acc"] == pytest.approx(last["acc"], abs=1e-9)

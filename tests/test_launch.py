@@ -43,6 +43,23 @@ def test_python_pipeline_equals_single_process_dgl_bit_for_bit():
     assert results[1]["test_acc"] is None  # only rank 0 gathers the reports
 
 
+@pytest.mark.parametrize("method", ["cdni", "ddg"])
+def test_python_pipeline_of_an_alternative_equals_one_process_bit_for_bit(method):
+    results = degl.launch(train_tiny_pipeline, nprocs=3, args=(2, method), threads=1)
+    torch.set_num_threads(1)
+    stages = tiny_stages(3)
+    reference = degl.build_method(method, stages, make_optimizer=sgd)
+    for _ in range(2):
+        for x, y in tiny_batches(6):
+            reference.train_step(x, y)
+        reference.finish_epoch()
+    for rank, result in enumerate(results):
+        for key, tensor in stages[rank].state_dict().items():
+            assert torch.equal(tensor, result["weights"][key]), (rank, key)
+    evaluation = degl.evaluate(stages, tiny_batches(2, size=10, seed=2), evaluated=[2])
+    assert results[0]["test_acc"] == pytest.approx(evaluation.acc, abs=1e-9)  # the last stage's head only
+
+
 def test_a_rank_that_raises_is_named():
     with pytest.raises(RuntimeError, match=r"rank 1 \(stage 1\) exited with status 1"):
         degl.launch(fail_on_rank_one, nprocs=2, threads=1, timeout_s=20)

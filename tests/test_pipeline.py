@@ -222,11 +222,12 @@ def build(num_classes=4):
 """
 
 
-def test_a_rank_that_raises_stops_the_others(tmp_path):
+@pytest.mark.parametrize("method", ["dgl", "ddg"])  # ddg: ranks also wait for gradients from above
+def test_a_rank_that_raises_stops_the_others(tmp_path, method):
     model = tmp_path / "faulty.py"
     model.write_text(FAULTY_MODEL)
     without_model = [a for a in LONG if a not in ("--model", "cnn4", "--width", "0.25")]
-    proc, _ = start(tmp_path, "--model", f"{model}:build", base=without_model)
+    proc, _ = start(tmp_path, "--model", f"{model}:build", "--method", method, base=without_model)
     _, stderr = proc.communicate(timeout=150)
     assert proc.returncode == 1
     assert "rank 2 (stage 2): internal error" in stderr and "injected failure at step 40" in stderr

@@ -8,7 +8,7 @@ from typing import Any
 from degl.core.evaluate import evaluate
 from degl.errors import UserError
 from degl.run import checkpoint
-from degl.run.config import make_config
+from degl.run.config import TrainConfig, make_config
 from degl.run.setup import build_setup
 
 
@@ -16,6 +16,7 @@ def evaluate_run(run_dir: Path, *, device: str | None = None, data_dir: str | No
     path, meta = checkpoint.load_meta(run_dir)
     values = dict(meta["config"])
     values["max_steps"] = None
+    values["slowdown"] = TrainConfig().slowdown  # only the training's pace; evaluation runs in one process
     if device is not None:
         values["device"] = device
     if data_dir is not None:

@@ -73,7 +73,7 @@ class GradientRank(SyncRank):
         self.scored = self.rank == self.world - 1  # only the last stage has a loss of its own
         self.sent = 0  # gradients sent back in this invocation
         if self.tracer.enabled and link.grad_outbox is not None:
-            self.tracer.watch(link.grad_outbox, "grad send wait")
+            self.tracer.watch(link.grad_outbox, "send wait")
 
     def grad_spec(self, index: int, shape: tuple[int, ...]) -> list[TensorSpec]:
         """The ``index``-th gradient message of this invocation (batches in order from the start)."""
@@ -94,7 +94,7 @@ class GradientRank(SyncRank):
             timeout_s=self.timeout_s,
         )
         if self.tracer.enabled:
-            self.tracer.watch(self.link.grad_inbox, "grad recv wait")
+            self.tracer.watch(self.link.grad_inbox, "recv wait")
 
     def _take_gradient(self) -> torch.Tensor:
         assert self.link.grad_inbox is not None

@@ -16,12 +16,14 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from degl.core.alternatives import GRADIENT_METHODS, make_gradient_step
 from degl.core.replay_buffer import ReplayBuffer
 from degl.core.stage import Stage
 from degl.core.step import LossFn, StageStep
 from degl.runtime.async_rank import AsyncRank
 from degl.runtime.control import IgnoreSignals, StopRequest
 from degl.runtime.dist import DistEnv, staging_device
+from degl.runtime.gradient_rank import GradientLink, GradientRank
 from degl.runtime.sync_rank import BatchSource, Link, Plan, SyncRank
 
 
@@ -64,9 +66,10 @@ class PipelineResult:
 
     def test_acc(self) -> list[float] | None:
         """Rank 0: the last epoch's test accuracy of every stage (percent), if the test set was given."""
-        if not self.history or self.history[-1]["reports"][0]["eval"] is None:
+        if not self.history or self.history[-1]["reports"][-1]["eval"] is None:
             return None
-        return [r["eval"]["acc"] for r in self.history[-1]["reports"]]
+        # dni, cdni, ddg, fr: only the last stage has a trained head, the others report None
+        return [r["eval"]["acc"] for r in self.history[-1]["reports"] if r["eval"] is not None]
 
 
 def train_stage(
@@ -87,6 +90,7 @@ def train_stage(
     max_reuse: int | None = None,
     slowdown: float = 1.0,
     progress: bool = True,
+    seed: int = 0,
 ) -> PipelineResult:
     """Train stage ``env.rank`` of ``stages`` in the pipeline of ``env.world_size`` processes.
 
@@ -97,8 +101,11 @@ def train_stage(
         train_batches, test_batches: rank 0's data (degl loader, DataLoader or list of batches);
             ignored on the other ranks. Without ``test_batches`` nothing is evaluated.
         scheduler: ``f(optimizer) -> lr scheduler``, stepped every training step.
-        method: ``dgl`` (synchronous, bit-identical to :class:`degl.DGL`) or ``async-dgl`` (replay
-            buffers of ``buffer_size`` batches between ranks, each reused at most ``max_reuse`` times).
+        method: ``dgl`` (synchronous, bit-identical to :class:`degl.DGL`), ``async-dgl`` (replay
+            buffers of ``buffer_size`` batches between ranks, each reused at most ``max_reuse`` times),
+            or one of the alternatives ``dni``, ``cdni``, ``ddg``, ``fr`` (gradients flow back between
+            ranks; bit-identical to :class:`degl.GradientMethod`; only the last stage has a loss).
+        seed: seeds the DNI/cDNI synthesizers (use the same on every rank, and in one process).
         slowdown: make this rank emulate a device that many times slower (it repeats each step's
             work without effect; e.g. ``3.0 if env.rank == 1 else 1.0``).
     """
@@ -106,13 +113,26 @@ def train_stage(
         raise ValueError(
             f"{len(stages)} stages for {env.world_size} processes: the pipeline runs one stage per process"
         )
-    if method not in ("dgl", "async-dgl"):
-        raise ValueError(f"method must be 'dgl' or 'async-dgl', got {method!r}")
+    if method not in ("dgl", "async-dgl", *GRADIENT_METHODS):
+        raise ValueError(f"method must be one of dgl, async-dgl, {', '.join(GRADIENT_METHODS)}; got {method!r}")
     if env.rank == 0 and train_batches is None:
         raise ValueError("rank 0 needs train_batches")
     device = env.device
     stage = stages[env.rank].to(device)
-    step = StageStep(stage, optimizer, scheduler=scheduler, loss_fn=loss_fn, precision=precision, device=device)
+    step_options = {"loss_fn": loss_fn, "precision": precision, "device": device}
+    if method in GRADIENT_METHODS:
+        step: StageStep = make_gradient_step(
+            method,
+            stage,
+            num_stages=len(stages),
+            num_classes=_num_classes(stages[-1].to(device)),
+            seed=seed,
+            make_optimizer=optimizer,
+            make_scheduler=scheduler,
+            **step_options,
+        )
+    else:
+        step = StageStep(stage, optimizer, scheduler=scheduler, **step_options)
     plan: list[Any] = [None]
     if env.rank == 0:
         eval_sizes = batch_sizes(test_batches, "test_batches") if test_batches is not None else ()
@@ -122,7 +142,10 @@ def train_stage(
     source: BatchSource | None = None
     if env.rank == 0:
         source = train_batches if hasattr(train_batches, "epoch") else IterableSource(train_batches, device)
-    link = Link.for_rank(env.rank, env.world_size, device, max_in_flight=max_in_flight, staging=staging_device(device))
+    link_options = {"max_in_flight": max_in_flight, "staging": staging_device(device)}
+    gradients = method in GRADIENT_METHODS
+    maker = GradientLink.for_gradients if gradients else Link.for_rank
+    link = maker(env.rank, env.world_size, device, **link_options)
     options: dict[str, Any] = {
         "rank": env.rank,
         "world": env.world_size,
@@ -131,7 +154,9 @@ def train_stage(
         "progress": progress,
         "slowdown": slowdown,
     }
-    if method == "dgl":
+    if gradients:
+        rank: SyncRank = GradientRank(step, link, plan[0], **options)  # type: ignore[arg-type]
+    elif method == "dgl":
         rank = SyncRank(step, link, plan[0], **options)
     else:
         buffer = ReplayBuffer(buffer_size, max_reuse=max_reuse, device=device) if env.rank > 0 else None
