@@ -87,9 +87,10 @@ def build_parser() -> ArgumentParser:
 
     train = sub.add_parser(
         "train",
-        help="train a network (dgl, sgl or backprop)",
-        description="Train a network with DGL (synchronous or asynchronous), sequential greedy learning "
-        "or backprop, in one process or one process per stage (--workers K, or under torchrun).",
+        help="train a network (dgl, async-dgl, sgl, backprop, dni, cdni, ddg or fr)",
+        description="Train a network with DGL (synchronous or asynchronous), sequential greedy learning, "
+        "backprop or one of the paper's alternatives (DNI, cDNI, DDG, FR), in one process or one process "
+        "per stage (--workers K, or under torchrun; dgl, async-dgl, dni, cdni, ddg and fr).",
     )
     train.add_argument("--config", metavar="FILE", help="YAML file of options (command-line flags win)")
     train.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
