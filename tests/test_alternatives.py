@@ -236,6 +236,7 @@ def test_a_stopped_ddg_pipeline_resumes_across_runtimes_like_one_process(tmp_pat
         (["--method", "dni", "--codec", "int8"], "--codec int8"),
         (["--method", "ddg", "--precision", "fp16"], "fp32 or bf16"),
         (["--method", "fr", "--buffer", "4"], "--buffer 4"),
+        (["--method", "ddg", "--aux", "mlp"], "--aux mlp"),
     ],
 )
 def test_options_that_do_not_apply_are_refused(tmp_path, args, message):

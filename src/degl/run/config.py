@@ -41,17 +41,35 @@ class TrainConfig:
     """Everything a training run needs. Field docstrings live in ``metadata['help']`` (shown by --help)."""
 
     # what to train
-    method: str = field(default="dgl", metadata=_opt("training method", choices=METHODS))
+    method: str = field(
+        default="dgl",
+        metadata=_opt(
+            "training method: backprop (end to end), dgl (decoupled greedy), sgl (sequential greedy), "
+            "async-dgl (replay buffers), or the paper's alternatives, whose stages learn from gradients "
+            "sent back by the stage above: dni / cdni (synthetic gradients, cdni label-conditioned), "
+            "ddg (delayed gradients), fr (features replay)",
+            choices=METHODS,
+        ),
+    )
     model: str = field(default="cnn6", metadata=_opt("backbone from the registry (see 'degl models')"))
     width: float = field(default=1.0, metadata=_opt("channel-width multiplier"))
-    stages: int = field(default=4, metadata=_opt("number of stages K (ignored by backprop)"))
+    stages: int = field(
+        default=4,
+        metadata=_opt(
+            "number of stages K (ignored by backprop; with dni, cdni, ddg and fr gradients cross the K-1 "
+            "boundaries and only the last stage's head is trained and scored)"
+        ),
+    )
     dropout: float = field(
         default=0.0,
         metadata=_opt("dropout after the classifier's hidden FC layers (vgg13, vgg19; torchvision's vgg*_bn: 0.5)"),
     )
     aux: str = field(
         default="mlp-sr",
-        metadata=_opt("aux head of stages 1..K-1: mlp, mlp-sr, cnn, linear (or a model's own, e.g. dni)"),
+        metadata=_opt(
+            "dgl, sgl, async-dgl: aux head of stages 1..K-1: mlp, mlp-sr, cnn, linear (or a model's own, "
+            "e.g. dni); unused by backprop, dni, cdni, ddg and fr (they train only the last stage's head)"
+        ),
     )
     split: str = field(
         default="auto",
@@ -520,6 +538,11 @@ def inapplicable_options(cfg: TrainConfig, *, processes: int | None = None) -> d
     needs(("lr_decay_factor",), cfg.schedule in ("step", "milestones"), "applies to --schedule step or milestones")
     needs(("loss_scale_init", "loss_scale_growth_interval"), cfg.precision == "fp16", "applies to --precision fp16")
     needs(("feature_cache_gb",), cfg.method == "sgl", "applies to --method sgl")
+    needs(
+        ("aux",),
+        cfg.method in ("dgl", "async-dgl", "sgl"),
+        "applies to methods that train aux heads (dgl, async-dgl, sgl); the others train only the last head",
+    )
     needs(("synthetic_size", "num_classes"), cfg.dataset == "synthetic", "applies to --dataset synthetic")
     needs(("image_size",), cfg.dataset == "imagenet", "applies to --dataset imagenet")
     needs(("download",), cfg.dataset == "cifar10", "applies to --dataset cifar10")
