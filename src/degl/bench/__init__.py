@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from degl.core.alternatives import GRADIENT_METHODS
 from degl.core.methods import DGL, Backprop
 from degl.core.optim import OptimSettings
 from degl.core.split import build_stages
@@ -19,16 +20,16 @@ from degl.run.config import parse_cuts, parse_shape
 from degl.run.setup import resolve_device
 
 
-def add_common_options(parser: argparse.ArgumentParser) -> None:
+def add_common_options(parser: argparse.ArgumentParser, *, split: str = "auto") -> None:
     parser.add_argument("--model", default="cnn6", help="backbone (default: cnn6)")
     parser.add_argument("--width", type=float, default=1.0, help="channel-width multiplier (default: 1.0)")
     parser.add_argument("--stages", type=int, default=4, help="number of DGL stages K (default: 4)")
     parser.add_argument("--aux", default="mlp-sr", help="aux head of stages 1..K-1 (default: mlp-sr)")
     parser.add_argument(
         "--split",
-        default="auto",
-        choices=("auto", "flops", "memory", "blocks"),
-        help="how to cut blocks into stages (default: auto)",
+        default=split,
+        choices=("auto", "flops", "memory", "blocks", *(("time",) if split == "time" else ())),
+        help=f"how to cut blocks into stages (default: {split})",
     )
     parser.add_argument("--cuts", default=None, help="explicit cut points, e.g. 1,3,5")
     parser.add_argument("--batch-size", type=int, default=128, help="batch size (default: 128)")
@@ -45,6 +46,37 @@ def add_single_process_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--channels-last", action="store_true", help="channels-last memory format for the stages and the batch"
     )
+
+
+BENCH_METHODS = ("dgl", *GRADIENT_METHODS)
+"""The methods ``degl bench pipeline`` and ``degl bench memory`` compare with ``--method``."""
+
+
+def add_method_option(parser: argparse.ArgumentParser, note: str) -> None:
+    parser.add_argument(
+        "--method",
+        default="dgl",
+        help=f"comma-separated methods, side by side: {', '.join(BENCH_METHODS)}; {note} (default: dgl)",
+    )
+
+
+def parse_methods(value: str) -> list[str]:
+    """``"dgl,dni"`` -> ``["dgl", "dni"]``; an unknown or repeated name is a user error."""
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    if not names:
+        raise UserError(f"--method must name at least one of {', '.join(BENCH_METHODS)}")
+    for name in names:
+        if name not in BENCH_METHODS:
+            raise UserError(f"--method: unknown method {name!r}; choose from {', '.join(BENCH_METHODS)}")
+        if names.count(name) > 1:
+            raise UserError(f"--method names {name} twice")
+    return names
+
+
+def refuse_unless(given: bool, flag: str, what: str) -> None:
+    """The one-line refusal of an option the run would ignore (as ``degl train`` words it)."""
+    if given:
+        raise UserError(f"{flag} {what}; drop it (this run would ignore it)")
 
 
 def add_bench_parsers(bench: argparse.ArgumentParser) -> None:

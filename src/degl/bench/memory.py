@@ -1,20 +1,38 @@
-"""``degl bench memory``: peak bytes saved for backward in one training step, DGL vs backprop."""
+"""``degl bench memory``: peak bytes saved for backward in one training step, DGL vs backprop, and,
+per stage (one pipeline rank) and per ``--method``, what each method keeps between steps
+(:mod:`degl.bench.memory_methods`)."""
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 import torch
 
-from degl.bench import add_common_options, add_single_process_options, build_bench_models, describe, emit, headline
+from degl.bench import (
+    BenchModels,
+    add_common_options,
+    add_method_option,
+    add_single_process_options,
+    build_bench_models,
+    describe,
+    emit,
+    headline,
+    parse_methods,
+    refuse_unless,
+)
+from degl.bench.memory_methods import as_json, bench_stages, measure_method, table
 from degl.core.measure import SavedActivationMeter
 from degl.core.methods import Method
 
 
 def add_parser(kinds: argparse._SubParsersAction) -> None:
-    parser = kinds.add_parser("memory", help="peak activation bytes saved for backward, dgl vs backprop")
+    parser = kinds.add_parser(
+        "memory", help="activation bytes saved for backward, dgl vs backprop; per stage, what each method keeps"
+    )
     add_common_options(parser)
     add_single_process_options(parser)
+    add_method_option(parser, "what each keeps per stage (per pipeline rank)")
     parser.set_defaults(bench_func=run)
 
 
@@ -44,16 +62,57 @@ def per_stage_peaks(method: Method, x: torch.Tensor, y: torch.Tensor) -> list[in
 
 
 def run(args: argparse.Namespace) -> int:
+    methods = parse_methods(args.method)
+    refuse_unless(
+        args.aux != "mlp-sr" and "dgl" not in methods,
+        f"--aux {args.aux}",
+        "applies to --method dgl (dni, cdni, ddg and fr train only the last stage's head)",
+    )
     models = build_bench_models(args)
     x, y = models.x, models.y
     # One untimed step each first: optimizer state (momentum buffers) exists from then on.
     models.backprop.train_step(x, y)
-    models.dgl.train_step(x, y)
     bp_bytes, bp_cuda = measure_step(models.backprop, x, y, models.device)
+    per_method = {}
+    cuda_peaks = {}
+    for name in methods:
+        per_method[name], cuda_peaks[name] = measure_method(name, bench_stages(args, models.device), x, y, args)
+    lines = table(per_method)
+    result = {
+        **describe(args, models),
+        "methods": methods,
+        "backprop_bytes": bp_bytes,
+        "per_method": {name: as_json(figures) for name, figures in per_method.items()},
+    }
+    if bp_cuda is not None:
+        result["backprop_cuda_max_allocated"] = bp_cuda
+        result["cuda_max_allocated_per_method"] = cuda_peaks
+        lines.append(
+            "torch.cuda.max_memory_allocated over a step, per process (all K stages): "
+            + ", ".join(f"{n} {v / 2**20:.1f} MiB" for n, v in {"backprop": bp_cuda, **cuda_peaks}.items())
+        )
+    if methods != ["dgl"]:
+        head = [headline(args, models), f"backprop: {bp_bytes / 2**20:.1f} MiB saved for backward (peak, one process)"]
+        emit(head + lines, result)
+        return 0
+    return run_dgl(args, models, bp_bytes, bp_cuda, lines, result)
+
+
+def run_dgl(
+    args: argparse.Namespace,
+    models: BenchModels,
+    bp_bytes: int,
+    bp_cuda: int | None,
+    per_stage: list[str],
+    per_stage_result: dict[str, Any],
+) -> int:
+    """``--method dgl`` alone: the comparison with backprop as it always was, then the per-stage table."""
+    x, y = models.x, models.y
+    models.dgl.train_step(x, y)
     dgl_bytes, dgl_cuda = measure_step(models.dgl, x, y, models.device)
     stage_bytes = per_stage_peaks(models.dgl, x, y)
     result = {
-        **describe(args, models),
+        **per_stage_result,
         "backprop_bytes": bp_bytes,
         "dgl_bytes": dgl_bytes,
         "ratio": round(dgl_bytes / bp_bytes, 4),
@@ -78,5 +137,5 @@ def run(args: argparse.Namespace) -> int:
         lines.append(
             f"torch.cuda.max_memory_allocated: backprop {bp_cuda / 2**20:.1f} MiB, dgl {dgl_cuda / 2**20:.1f} MiB"
         )
-    emit(lines, result)
+    emit(lines + per_stage, result)
     return 0

@@ -3,6 +3,8 @@ pipeline-parallel backprop (``torch.distributed.pipelining`` GPipe and 1F1B), si
 
 Every configuration runs in fresh processes with the same backbone, cut, batch and thread budget;
 rounds are interleaved and each figure is the median over rounds of the median step time.
+``--method`` other than ``dgl`` alone (e.g. ``dgl,dni,ddg,fr``) compares the methods' pipelines
+instead (:mod:`degl.bench.pipeline_methods`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from typing import Any
 
 import torch
 
-from degl.bench import add_common_options
+from degl.bench import add_common_options, add_method_option, parse_methods
+from degl.bench.pipeline_methods import refuse_inapplicable, run_methods
 from degl.bench.pipeline_ranks import run_mode
 from degl.core.codec import build_codec, check_codec, parse_codec
 from degl.core.split import build_stages
@@ -27,9 +30,11 @@ from degl.runtime.launch import launch
 
 
 def add_parser(kinds: argparse._SubParsersAction) -> None:
-    parser = kinds.add_parser("pipeline", help="samples/s: dgl pipeline vs one process vs pipelined backprop")
-    add_common_options(parser)
-    parser.set_defaults(split="time")
+    parser = kinds.add_parser(
+        "pipeline", help="samples/s: each method's pipeline vs one process (dgl alone: also vs pipelined backprop)"
+    )
+    add_common_options(parser, split="time")
+    add_method_option(parser, "dgl alone also runs the pipelined-backprop baselines and allows --codec, --link-mbps")
     parser.add_argument("--workers", type=int, default=None, help="processes, one stage each (default: --stages)")
     parser.add_argument("--steps", type=int, default=8, help="timed steps per configuration (default: 8)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default: 2)")
@@ -37,9 +42,10 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--microbatches",
         default="1,2,4,8",
-        help="microbatch counts tried for GPipe/1F1B; the best is reported (default: 1,2,4,8)",
+        help="microbatch counts tried for GPipe/1F1B (with --method dgl alone); the best is reported "
+        "(default: 1,2,4,8)",
     )
-    parser.add_argument("--max-in-flight", type=int, default=2, help="dgl pipeline backpressure (default: 2)")
+    parser.add_argument("--max-in-flight", type=int, default=2, help="pipeline backpressure, every method (default: 2)")
     parser.add_argument(
         "--codec",
         default="none",
@@ -57,7 +63,7 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
         "--pin-cpus",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="bind each rank (dgl and pipelined backprop alike) to its own cores (default: on)",
+        help="bind each rank (every method's and pipelined backprop's) to its own cores (default: on)",
     )
     parser.set_defaults(bench_func=run)
 
@@ -81,6 +87,9 @@ def run(args: argparse.Namespace) -> int:
     if args.link_mbps is not None and not args.link_mbps > 0:
         raise UserError(f"--link-mbps must be positive, got {args.link_mbps}")
     parse_codec(args.codec)
+    methods = parse_methods(args.method)
+    if methods != ["dgl"]:
+        refuse_inapplicable(args, methods)
     microbatches = [int(m) for m in args.microbatches.split(",")]
     if any(m < 1 or args.batch_size % m for m in microbatches):
         raise UserError(f"--microbatches must divide --batch-size {args.batch_size}, got {args.microbatches}")
@@ -116,6 +125,12 @@ def run(args: argparse.Namespace) -> int:
         "codec": args.codec,
         "link_mbps": args.link_mbps,
     }
+    if methods != ["dgl"]:
+        headline = (
+            f"{args.model} width {args.width}, K={args.stages} (cuts {cuts}, split {args.split}), batch "
+            f"{args.batch_size}, {threads} thread(s) per process, {args.steps} timed steps x {args.rounds} round(s)"
+        )
+        return run_methods(args, methods, spec, workers, headline)
     samples: dict[str, list[float]] = {"single": [], "pipeline": [], "single_all": []}
     # Schedule1F1B needs at least one microbatch per stage.
     pippy: dict[str, dict[int, list[float]]] = {

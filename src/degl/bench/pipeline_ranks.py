@@ -97,18 +97,23 @@ def run_dgl_rank(env: DistEnv, spec: dict[str, Any]) -> dict[str, Any]:
 
     rank._train = train_and_mark  # type: ignore[method-assign]
     rank.fit()
-    marks = rank.timing.step_ends
-    result = window(marks, warmup)
-    # Busy and waiting time over the timed window, from the loop's own per-step accounting.
+    return rank_figures(rank, warmup, total, codec_marks)
+
+
+def rank_figures(rank: SyncRank, warmup: int, total: int, codec_marks: list[float] | None = None) -> dict[str, Any]:
+    """A finished rank's step times and where its time went over the timed window (the steps after
+    the warm-up), from the loop's own per-step accounting; ``codec_marks``: encode + decode seconds
+    so far after every step (None: no codec)."""
+    result = window(rank.timing.step_ends, warmup)
     fractions = rank.timing.idle_fraction_between(warmup, total)
+    codec_s = (codec_marks[total - 1] - codec_marks[warmup - 1]) / (total - warmup) if codec_marks else 0.0
     result.update(
         {
             "idle_fraction": fractions["idle"],
             "recv_wait_fraction": fractions["recv_wait"],
             "send_wait_fraction": fractions["send_wait"],
-            # Encode + decode seconds per step and busy seconds per step (compute, data and codec),
-            # over the timed window.
-            "codec_s_per_step": (codec_marks[total - 1] - codec_marks[warmup - 1]) / (total - warmup),
+            # Encode + decode seconds per step and busy seconds per step (compute, data and codec).
+            "codec_s_per_step": codec_s,
             "busy_s_per_step": (1 - fractions["idle"]) * result["median_step_s"],
         }
     )

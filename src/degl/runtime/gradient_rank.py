@@ -35,6 +35,10 @@ class GradientLink(Link):
 
     grad_outbox: Outbox | None = None
     grad_inbox: BackgroundInbox | None = None
+    link_mbps: float | None = None
+    """Emulated link speed (both directions), as :meth:`Link.for_rank`'s ``link_mbps``."""
+    staging: torch.device | None = None
+    """Where a GPU rank on gloo stages its messages (:func:`degl.runtime.dist.staging_device`)."""
 
     @classmethod
     def for_gradients(cls, rank: int, world: int, device: torch.device, **options: Any) -> GradientLink:
@@ -43,7 +47,7 @@ class GradientLink(Link):
         max_in_flight = options.get("max_in_flight", 2)
         link_mbps = options.get("link_mbps")
         grad_outbox = Outbox(rank - 1, max_in_flight, staging, link_mbps=link_mbps) if rank > 0 else None
-        return cls(link.inbox, link.outbox, grad_outbox)
+        return cls(link.inbox, link.outbox, grad_outbox, link_mbps=link_mbps, staging=staging)
 
     def waits(self) -> tuple[float, float]:
         recv, send = super().waits()
@@ -92,6 +96,8 @@ class GradientRank(SyncRank):
             lambda message: int(message[-1][0]) == DONE,
             capacity=self.link.outbox.max_in_flight + 2 * self.world + 2 if self.link.outbox else 4,
             timeout_s=self.timeout_s,
+            staging=self.link.staging,
+            link_mbps=self.link.link_mbps,
         )
         if self.tracer.enabled:
             self.tracer.watch(self.link.grad_inbox, "recv wait")
