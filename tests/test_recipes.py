@@ -17,7 +17,7 @@ import yaml
 from datagen import write_cifar10_python, write_imagenet_folders
 from degl.cli import main
 from degl.run import checkpoint
-from degl.run.config import load_config_file, make_config
+from degl.run.config import GRADIENT_METHODS, load_config_file, make_config
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE_DIR = REPO / "recipes"
@@ -52,7 +52,11 @@ EXPECTED = {
     "cifar10-ddg-resnet110-k2",
     "cifar10-backprop-resnet110",
     "cifar10-dni-dgl",
+    "cifar10-dni-cnn-dni",
+    "cifar10-dni-cnn-cdni",
     "cifar10-backprop-dni-cnn",
+    "cifar10-ddg-resnet110-k2-ddg",
+    "cifar10-ddg-resnet110-k2-fr",
     "cifar10-buffer-greedynet-sync",
     "cifar10-async-greedynet-buffer30",
     "cifar10-backprop-greedynet",
@@ -64,6 +68,19 @@ EXPECTED = {
     "imagenet-backprop-vgg13",
     "imagenet-backprop-vgg19",
     "imagenet-backprop-resnet152",
+}
+
+# Methods whose stages 1..K-1 train an aux head (the others train only the last stage's head).
+AUX_METHODS = ("dgl", "sgl", "async-dgl")
+
+# The alternatives' recipes are their comparison's DGL (or backprop) recipe with only these keys
+# changed, so that a table row differs from its neighbours by the method alone.
+SAME_AS = {
+    "cifar10-dni-cnn-dni": ("cifar10-dni-dgl", {"method", "aux", "epochs"}),  # 2000 epochs: cifar_cnn_dni.py
+    "cifar10-dni-cnn-cdni": ("cifar10-dni-dgl", {"method", "aux", "epochs"}),
+    "cifar10-backprop-dni-cnn": ("cifar10-dni-cnn-dni", {"method", "stages", "split"}),
+    "cifar10-ddg-resnet110-k2-ddg": ("cifar10-ddg-resnet110-k2", {"method", "aux"}),
+    "cifar10-ddg-resnet110-k2-fr": ("cifar10-ddg-resnet110-k2", {"method", "aux"}),
 }
 
 # Source labels of paper-spec §0, e.g. [N1], [LOG:learning_curves/parallel.log].
@@ -102,6 +119,19 @@ def test_every_paper_experiment_has_a_recipe():
     assert names >= EXPECTED, f"missing recipes: {sorted(EXPECTED - names)}"
 
 
+@pytest.mark.parametrize("name", sorted(SAME_AS))
+def test_an_alternative_differs_from_its_comparison_by_the_method_only(name):
+    other, allowed = SAME_AS[name]
+    mine, theirs = (load_config_file(RECIPE_DIR / f"{n}.yaml") for n in (name, other))
+    differing = {k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k)}
+    assert differing <= allowed, f"{name} differs from {other} in {sorted(differing - allowed)}"
+    assert mine["method"] != theirs["method"]
+    # Its header names the command that puts it in the comparison's table.
+    run = section(header_of(RECIPE_DIR / f"{name}.yaml"), "Run")
+    if make_config(mine).method in GRADIENT_METHODS:
+        assert f"degl compare --config recipes/{other}.yaml --methods dgl," in run
+
+
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
 def test_recipe_parses_and_names_its_source(recipe):
     values = load_config_file(recipe)
@@ -109,8 +139,10 @@ def test_recipe_parses_and_names_its_source(recipe):
     assert cfg.dataset == recipe.stem.split("-")[0]  # the name's prefix is the data set
     for key in ("method", "model", "stages", "optimizer", "lr", "schedule", "epochs", "batch_size", "seed"):
         assert key in values, f"{recipe.name} leaves {key} to the library default"
-    if cfg.method != "backprop":
+    if cfg.method in AUX_METHODS:
         assert "aux" in values
+    else:  # backprop, dni, cdni, ddg and fr train no aux head: an aux in the recipe would mislead
+        assert "aux" not in values, f"{recipe.name}: --method {cfg.method} trains only the last stage's head"
     header = header_of(recipe)
     assert section(header, "Reproduces").strip()  # which table / figure / comparison
     number = section(header, "Paper's number")
@@ -144,7 +176,7 @@ def test_recipe_trains_two_steps_through_the_cli(recipe, data_dirs, tmp_path, ca
     summary = json.loads((out / "summary.json").read_text())
     assert summary["completed"] is False
     assert checkpoint.latest_checkpoint(out) is not None
-    _, meta = checkpoint.load_meta(out)
+    ckpt, meta = checkpoint.load_meta(out)
     if values["method"] == "async-dgl":  # --max-steps counts stage 0's updates there too
         assert summary["steps_per_stage"][0] == 2
     else:
@@ -158,5 +190,12 @@ def test_recipe_trains_two_steps_through_the_cli(recipe, data_dirs, tmp_path, ca
     assert (saved["batch_size"], saved["device"], saved["precision"]) == (4, "cpu", "fp32")
     assert summary["method"] == values["method"] and summary["model"] == values["model"]
     assert summary["stages"] == (1 if values["method"] == "backprop" else values["stages"])
-    assert summary["aux"] == (values.get("aux") if summary["stages"] > 1 else None)
+    if values["method"] in AUX_METHODS or values["method"] == "backprop":
+        assert summary["aux"] == (values.get("aux") if summary["stages"] > 1 else None)
+    if values["method"] in GRADIENT_METHODS:  # stage 1 learns from a synthesizer (dni, cdni) or not (ddg, fr)
+        assert len(summary["stage_blocks"]) == values["stages"]
+        synthesizer = checkpoint.load_stage(ckpt, 0).get("synthesizer")
+        assert (synthesizer is not None) == (values["method"] in ("dni", "cdni"))
+        if synthesizer is not None:  # cDNI's synthesizer takes the label through a Linear(classes -> C)
+            assert ("label.weight" in synthesizer) == (values["method"] == "cdni")
     assert meta["config"]["lr"] == values["lr"] and meta["config"]["schedule"] == values["schedule"]

@@ -2,6 +2,10 @@
 
 Each run gets its own directory ``<out>/<method>-seed<seed>``. Completed runs with the same
 options are reused and stopped ones are resumed, so the command is idempotent and restartable.
+Every method of ``degl train`` can be compared, e.g. ``--methods dgl,dni,cdni,backprop`` or
+``--methods dgl,ddg,fr,backprop``; each run keeps only the options that apply to its method. dni,
+cdni, ddg and fr (like backprop) train and score only the last stage's head: their row gives that
+one accuracy, under the last stage, and ``scored_stages`` in ``comparison.json`` says which.
 """
 
 from __future__ import annotations
@@ -159,7 +163,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 # Rough relative cost, so that with --parallel the longest runs start first.
-_COST = {"sgl": 3, "async-dgl": 2, "dgl": 2, "backprop": 1}
+_COST = {"sgl": 3, "async-dgl": 2, "dgl": 2, "dni": 2, "cdni": 2, "ddg": 2, "fr": 2, "backprop": 1}
 
 
 def compare(base: TrainConfig, methods: list[str], seeds: list[int], out: Path, *, parallel: int = 1) -> dict[str, Any]:
@@ -186,7 +190,7 @@ def compare(base: TrainConfig, methods: list[str], seeds: list[int], out: Path, 
         results = {key: run_one(cfg) for key, cfg in jobs.items()}
     else:
         threads = base.threads or default_threads(parallel)
-        order = sorted(jobs, key=lambda key: -_COST[key[0]])
+        order = sorted(jobs, key=lambda key: -_COST.get(key[0], 2))
         with _StopChildren() as stop, concurrent.futures.ThreadPoolExecutor(parallel) as pool:
             futures = {
                 key: pool.submit(run_in_subprocess, replace(jobs[key], threads=threads, progress=False))
@@ -203,8 +207,11 @@ def compare(base: TrainConfig, methods: list[str], seeds: list[int], out: Path, 
         finals = [r["test_acc"] for r in runs]
         per_stage = [statistics.fmean(values) for values in zip(*(r["test_acc_per_stage"] for r in runs))]
         mean, std = _mean_std(finals)
+        stages = runs[0]["stages"]
         table[method] = {
-            "stages": runs[0]["stages"],
+            "stages": stages,
+            # dni, cdni, ddg and fr score the last stage only (their other stages have no head to train).
+            "scored_stages": list(range(stages - len(per_stage), stages)),
             "epochs_completed": runs[0]["epochs_completed"],
             "test_acc": finals,
             "test_acc_mean": round(mean, 3),
@@ -234,8 +241,14 @@ def format_table(result: dict[str, Any]) -> list[str]:
         f" (per stage for sgl), seeds {','.join(map(str, seeds))}",
         f"{'method':<9} {'K':>2} {'final test acc %':>18}  {'per-stage test acc %':<32} {'train s':>8}",
     ]
+    unscored = False
     for method, row in result["methods"].items():
         final = f"{row['test_acc_mean']:.2f}" + (f" ± {row['test_acc_std']:.2f}" if len(seeds) > 1 else "")
-        stages = " ".join(f"{v:.2f}" for v in row["test_acc_per_stage_mean"]) if row["stages"] > 1 else "-"
+        accs = row["test_acc_per_stage_mean"]
+        missing = row["stages"] - len(accs)  # stages without a head of their own (dni, cdni, ddg, fr)
+        unscored |= row["stages"] > 1 and missing > 0
+        stages = " ".join(["-"] * missing + [f"{v:.2f}" for v in accs]) if row["stages"] > 1 else "-"
         lines.append(f"{method:<9} {row['stages']:>2} {final:>18}  {stages:<32} {row['train_time_s_mean']:>8.1f}")
+    if unscored:
+        lines.append("-: a stage with no head of its own (only the last stage's head is trained and scored)")
     return lines
