@@ -106,7 +106,8 @@ class RunState:
             "model": cfg.model,
             "width": cfg.width,
             "stages": num_stages,
-            "aux": cfg.aux if num_stages > 1 else None,
+            # backprop, dni, cdni, ddg and fr train no aux head
+            "aux": cfg.aux if num_stages > 1 and cfg.method in ("dgl", "async-dgl", "sgl") else None,
             "dataset": cfg.dataset,
             "epochs": cfg.epochs,
             "epochs_completed": self.position.phase * cfg.epochs + self.position.epoch,
@@ -114,6 +115,7 @@ class RunState:
             "completed": completed,
             "test_acc": per_stage[-1] if per_stage else None,
             "test_acc_per_stage": per_stage,
+            "evaluated_stages": evaluated,
             "test_acc_ensemble": self.last_eval[evaluated[-1]]["ensemble_acc"] if evaluated else None,
             # .get: runs checkpointed before top-5 existed resume without it
             "test_acc5": self.last_eval[evaluated[-1]].get("acc5") if evaluated else None,
@@ -186,7 +188,12 @@ class RunState:
 
 def format_summary(summary: dict[str, Any], run_dir: Path) -> list[str]:
     """The lines ``degl train`` prints at the end of a run."""
-    per_stage = " ".join(f"{acc:.2f}" for acc in summary["test_acc_per_stage"])
+    accs = summary["test_acc_per_stage"]
+    # Methods that score only some heads (backprop, dni, ddg, ...) say which.
+    scored = summary.get("evaluated_stages") or list(range(summary["stages"] - len(accs), summary["stages"]))
+    per_stage = " ".join(f"{acc:.2f}" for acc in accs)
+    if len(accs) < summary["stages"]:
+        per_stage = " ".join(f"s{s}={acc:.2f}" for s, acc in zip(scored, accs))
     state = "complete" if summary["completed"] else f"stopped after {summary['steps_completed']} steps"
     lines = [
         f"run: {run_dir} ({state})",
