@@ -299,8 +299,11 @@ def run_eval(args: argparse.Namespace) -> int:
     result = evaluate_run(Path(args.run), device=args.device, data_dir=args.data_dir)
     keys = ("stages", "test_acc_per_stage", "test_acc5_per_stage", "test_ensemble_acc_per_stage")
     rows = zip(*(result[key] for key in keys))
+    scored: list[int] = []
     for stage, acc, acc5, ens in rows:
-        print(f"stage {stage}: test acc {acc:.2f}% (top-5 {acc5:.2f}%)  (ensemble of heads 0..{stage}: {ens:.2f}%)")
+        scored.append(stage)  # the ensemble covers the scored heads up to this one (backprop, dni, ...: one)
+        heads = f"0..{stage}" if scored == list(range(stage + 1)) else ", ".join(map(str, scored))
+        print(f"stage {stage}: test acc {acc:.2f}% (top-5 {acc5:.2f}%)  (ensemble of heads {heads}: {ens:.2f}%)")
     print(json.dumps(result))
     return 0
 
