@@ -26,7 +26,7 @@ import torch
 
 from degl.core.gradient_steps import DelayedGradientStep, GradientStep, LossStep, SyntheticGradientStep
 from degl.core.method_base import Method
-from degl.core.stage import Stage
+from degl.core.stage import Stage, head_classes
 from degl.core.step import StepResult
 from degl.core.synthesizer import build_synthesizer
 from degl.errors import UserError
@@ -70,14 +70,6 @@ def make_gradient_step(
             stage, make_optimizer, delay=2 * (num_stages - 1 - index), replay=method == "fr", **common
         )
     raise UserError(f"unknown method {method!r}; choose one of: {', '.join(GRADIENT_METHODS)}")
-
-
-def head_classes(stage: Stage) -> int:
-    """The number of classes the stage's head predicts (its last linear layer's outputs)."""
-    linears = [m for m in stage.head.modules() if isinstance(m, torch.nn.Linear)]
-    if not linears:
-        raise UserError(f"cannot tell the number of classes from stage {stage.index}'s head")
-    return linears[-1].out_features
 
 
 class GradientMethod(Method):

@@ -43,3 +43,14 @@ class Stage(nn.Module):
 
     def extra_repr(self) -> str:
         return f"index={self.index}, blocks={list(self.block_indices)}, in={self.in_shape}, out={self.out_shape}"
+
+
+@torch.no_grad()
+def head_classes(stage: Stage) -> int:
+    """The number of classes ``stage``'s head predicts (one probe input, in eval mode)."""
+    was = stage.training
+    stage.head.eval()
+    first = next(stage.parameters(), None)
+    probe = stage.head(torch.zeros(1, *stage.out_shape, device=first.device if first is not None else "cpu"))
+    stage.head.train(was)
+    return int(probe.shape[-1])

@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 from degl.core.alternatives import GRADIENT_METHODS, make_gradient_step
 from degl.core.replay_buffer import ReplayBuffer
-from degl.core.stage import Stage
+from degl.core.stage import Stage, head_classes
 from degl.core.step import LossFn, StageStep
 from degl.runtime.async_rank import AsyncRank
 from degl.runtime.control import IgnoreSignals, StopRequest
@@ -119,13 +119,14 @@ def train_stage(
         raise ValueError("rank 0 needs train_batches")
     device = env.device
     stage = stages[env.rank].to(device)
+    num_classes = head_classes(stages[-1])
     step_options = {"loss_fn": loss_fn, "precision": precision, "device": device}
     if method in GRADIENT_METHODS:
         step: StageStep = make_gradient_step(
             method,
             stage,
             num_stages=len(stages),
-            num_classes=_num_classes(stages[-1].to(device)),
+            num_classes=num_classes,
             seed=seed,
             make_optimizer=optimizer,
             make_scheduler=scheduler,
@@ -136,7 +137,6 @@ def train_stage(
     plan: list[Any] = [None]
     if env.rank == 0:
         eval_sizes = batch_sizes(test_batches, "test_batches") if test_batches is not None else ()
-        num_classes = _num_classes(stages[-1])
         plan = [Plan(batch_sizes(train_batches, "train_batches"), eval_sizes, num_classes, epochs, precision)]
     dist.broadcast_object_list(plan, src=0)
     source: BatchSource | None = None
@@ -175,12 +175,3 @@ class _OnDevice:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for x, y in self.batches:
             yield x.to(self.device), y.to(self.device)
-
-
-def _num_classes(last: Stage) -> int:
-    with torch.no_grad():
-        was = last.training
-        last.eval()
-        probe = last.head(torch.zeros(1, *last.out_shape, device=next(last.parameters()).device))
-        last.train(was)
-    return int(probe.shape[-1])
