@@ -16,7 +16,9 @@ checkpoint: each writes its own stage file, one of them writes ``meta.pt`` and `
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ import torch
 from degl.errors import UserError
 
 KEEP = 2
+STEP_NAME = re.compile(r"step-\d{8}")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -81,19 +84,38 @@ def commit(run_dir: Path, name: str, meta: dict[str, Any], num_stages: int, *, v
         assert not missing, f"checkpoint {name} lacks stage files {missing}"
     atomic_save(meta, root / name / "meta.pt")
     atomic_write_bytes(root / "latest", (name + "\n").encode())
+    for stale in (root / name).glob(".*.tmp"):  # left by a save that was killed before its rename
+        stale.unlink(missing_ok=True)
     complete = sorted(p for p in root.glob("step-*") if p.is_dir())
     for old in complete[:-KEEP]:
         if old.name != name:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    pointer = checkpoint_root(run_dir) / "latest"
-    if not pointer.is_file():
+def latest_checkpoint(run_dir: Path, *, say_fallback: bool = False) -> Path | None:
+    """The newest complete checkpoint of ``run_dir``, or ``None``.
+
+    ``latest`` names it; a ``latest`` that is missing, unreadable or names no complete checkpoint of
+    this run (a crash between the files and the pointer, a hand edit) falls back to the newest
+    directory whose ``meta.pt`` was written (meta.pt is written after every stage file).
+    """
+    root = checkpoint_root(run_dir)
+    pointer = root / "latest"
+    named = None
+    if pointer.is_file():
+        try:
+            named = pointer.read_bytes().decode("ascii").strip()
+        except UnicodeDecodeError:
+            named = None
+        if named is not None and STEP_NAME.fullmatch(named) and (root / named / "meta.pt").is_file():
+            return root / named
+    complete = sorted(p for p in root.glob("step-*") if STEP_NAME.fullmatch(p.name) and (p / "meta.pt").is_file())
+    if not complete:
         return None
-    name = pointer.read_text().strip()
-    path = checkpoint_root(run_dir) / name
-    return path if name and path.is_dir() else None
+    if say_fallback:
+        problem = "does not name a complete checkpoint of this run" if pointer.exists() else "is missing"
+        print(f"degl: note: {pointer} {problem}; using {complete[-1].name}", file=sys.stderr)
+    return complete[-1]
 
 
 def _load(path: Path, map_location: str | torch.device) -> dict[str, Any]:
@@ -112,9 +134,11 @@ def _load(path: Path, map_location: str | torch.device) -> dict[str, Any]:
 def load_meta(run_dir: Path, map_location: str | torch.device = "cpu") -> tuple[Path, dict[str, Any]]:
     """The newest checkpoint's directory and its ``meta.pt``; :class:`UserError` when absent or corrupt."""
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"{run_dir} is a file, not a run directory; give the directory a 'degl train' run wrote")
     if not run_dir.is_dir():
         raise UserError(f"run directory {run_dir} does not exist")
-    path = latest_checkpoint(run_dir)
+    path = latest_checkpoint(run_dir, say_fallback=True)
     if path is None:
         raise UserError(f"{run_dir} has no checkpoint (no {checkpoint_root(run_dir) / 'latest'}); nothing to resume")
     meta = _load(path / "meta.pt", map_location)

@@ -30,7 +30,14 @@ from degl.data.loader import mix_seed
 from degl.errors import UserError
 from degl.run import checkpoint
 from degl.run.config import GRADIENT_METHODS, INVOCATION_KEYS, TrainConfig, check_slowdowns, refuse_inapplicable
-from degl.run.rundir import check_new_run_dir, default_run_dir
+from degl.run.rundir import (
+    check_new_run_dir,
+    claim_new_run_dir,
+    default_run_dir,
+    discard_unused_run_dir,
+    lock_run_dir,
+    release_run_dir,
+)
 from degl.run.runstate import RunState, format_summary
 from degl.run.setup import configure_torch, load_data, loaders, make_stages, optim_settings, prepare_stage, resolve_cuts
 from degl.run.train import create_run_dir
@@ -87,6 +94,7 @@ def prepare_first_rank(cfg: TrainConfig, world_size: int, resume_dir: Path | Non
                 "not checkpointed, so it cannot be resumed: start a new run (or evaluate it with degl eval)"
             )
         run_dir = resume_dir
+        lock_run_dir(run_dir)
     else:
         run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg.method, cfg.model)
         check_new_run_dir(run_dir)
@@ -106,7 +114,7 @@ def prepare_first_rank(cfg: TrainConfig, world_size: int, resume_dir: Path | Non
         seed=cfg.seed,
     )
     if resume_dir is None:
-        create_run_dir(cfg, run_dir)
+        run_dir = create_run_dir(cfg, run_dir)
     plan = Plan(
         tuple(train_loader.batch_sizes()),
         tuple(test_loader.batch_sizes()),
@@ -403,14 +411,23 @@ def launch_local(cfg: TrainConfig, *, resume_dir: Path | None) -> int:
     if resume_dir is None:
         run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg.method, cfg.model)
         check_new_run_dir(run_dir)
+        # Claimed here, before the ranks start: they inherit the lock, and a run given the same --out
+        # at the same time is refused before either writes anything.
+        run_dir = claim_new_run_dir(run_dir, default=not cfg.out)
         cfg = replace(cfg, out=str(run_dir))
     else:
         run_dir = resume_dir
+        lock_run_dir(run_dir)
     # This process has only parsed the command line (no torch computation): forking is safe and saves
     # each rank importing torch again.
     board = ProgressBoard(num) if cfg.progress else None  # shared memory, inherited by the forked ranks
-    codes = watch(start(run_rank, num, (cfg, resume_dir, False, board), start_method="fork"), cfg.fault_timeout)
+    try:
+        codes = watch(start(run_rank, num, (cfg, resume_dir, False, board), start_method="fork"), cfg.fault_timeout)
+    finally:
+        release_run_dir(run_dir)
     problem = failures(codes)
+    if resume_dir is None and codes[0] == 2:
+        discard_unused_run_dir(run_dir)  # bad input found by rank 0: leave no empty run behind
     if problem is not None:
         print(f"degl: error: {problem}", file=sys.stderr)
         return 1

@@ -63,7 +63,10 @@ def load_run(path: Path) -> RunCurves:
         raise UserError(f"{path} is not a directory; give the run directory of a 'degl train' run (its --out)")
     if not metrics.is_file() and not config.is_file():
         raise UserError(f"{path} is not a run directory (no metrics.jsonl or config.yaml); give a 'degl train' --out")
-    text = metrics.read_text().splitlines() if metrics.is_file() else []
+    try:
+        text = metrics.read_text().splitlines() if metrics.is_file() else []
+    except UnicodeDecodeError:
+        raise UserError(f"{metrics} is not a text file; the file is corrupt") from None
     lines = []
     for number, raw in enumerate(text, 1):
         record = parse_metrics_line(raw)

@@ -6,6 +6,7 @@ so a run can be evaluated, compared or resumed whichever runtime produced it.
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,12 +20,17 @@ from degl.core.accounting import EpochStats, Position, train_line
 from degl.core.codec import wire_bytes_per_sample
 from degl.core.stage import Stage
 from degl.core.step import PRECISION_DTYPES
+from degl.errors import UserError
 from degl.run import checkpoint
 from degl.run.config import TrainConfig
 from degl.run.rundir import MetricsLog, write_json
 from degl.run.tensorboard import SUBDIR as TB_SUBDIR
 from degl.run.tensorboard import TensorBoardLog
 from degl.run.tensorboard import resolve as resolve_tensorboard
+
+
+class DivergedError(UserError):
+    """The training loss became NaN or infinite: the run stops, its last finite checkpoint kept."""
 
 
 @dataclass
@@ -78,6 +84,7 @@ class RunState:
     ) -> None:
         """Append the epoch's train and test lines to metrics.jsonl and print one line."""
         number = phase * self.cfg.epochs + epoch + 1
+        self.check_finite(train, evaluation, where=f"epoch {number}")
         losses, accs = train.means()
         for stage, loss, acc in zip(train.stages, losses, accs):
             self.metrics.write(
@@ -144,7 +151,26 @@ class RunState:
             self.metrics.tensorboard.summary(summary)
         return summary
 
+    def check_finite(
+        self, train: EpochStats, evaluation: dict[int, dict[str, float]] | None = None, *, where: str = ""
+    ) -> None:
+        """Stop a diverged run: a NaN or infinite loss is never recorded as a result or checkpointed."""
+        bad: list[str] = []
+        if train.loss_sum is not None and train.count:
+            losses, _ = train.means()
+            bad += [f"stage {s}'s training loss is {v}" for s, v in zip(train.stages, losses) if not math.isfinite(v)]
+        for stage, values in sorted((evaluation or {}).items()):
+            if not math.isfinite(values.get("loss", 0.0)):
+                bad.append(f"stage {stage}'s test loss is {values['loss']}")
+        if bad:
+            at = f"{where}, step {self.global_step}" if where else f"step {self.global_step}"
+            raise DivergedError(
+                f"training diverged ({'; '.join(bad[:2])} at {at}); nothing from this point was checkpointed: "
+                "start again with a lower --lr"
+            )
+
     def meta(self, epoch_stats: EpochStats, method_shared: dict[str, Any]) -> dict[str, Any]:
+        self.check_finite(epoch_stats)
         return {
             "format": 1,
             "config": self.cfg.to_dict(),
@@ -181,6 +207,7 @@ class RunState:
     ) -> None:
         """Every stage's file, then the metadata and the ``latest`` pointer (one process holds every stage)."""
         name = name or self.checkpoint_name
+        self.check_finite(epoch_stats)  # before any stage file is written
         for index, state in enumerate(stage_files):
             checkpoint.save_stage(self.run_dir, name, index, state)
         checkpoint.commit(self.run_dir, name, self.meta(epoch_stats, method_shared), len(stage_files))

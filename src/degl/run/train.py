@@ -22,7 +22,14 @@ from degl.errors import UserError
 from degl.run import checkpoint
 from degl.run.config import TrainConfig
 from degl.run.control import Interrupted, StopRequest, epoch_bar, step_bar
-from degl.run.rundir import check_new_run_dir, default_run_dir, write_config
+from degl.run.rundir import (
+    check_new_run_dir,
+    claim_new_run_dir,
+    default_run_dir,
+    lock_run_dir,
+    release_run_dir,
+    write_config,
+)
 from degl.run.runstate import EpochStats, Position, RunState
 from degl.run.setup import RunSetup, build_setup
 
@@ -170,19 +177,24 @@ def prepare_new_run(cfg: TrainConfig) -> tuple[TrainConfig, Path]:
     return cfg, run_dir
 
 
-def create_run_dir(cfg: TrainConfig, run_dir: Path) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
+def create_run_dir(cfg: TrainConfig, run_dir: Path) -> Path:
+    """Claim ``run_dir`` for this run (see :func:`claim_new_run_dir`), write its config; the directory."""
+    run_dir = claim_new_run_dir(run_dir, default=not cfg.out)
     saved = cfg.to_dict()
     saved["out"] = str(run_dir)
     write_config(run_dir, {k: v for k, v in saved.items() if k != "max_steps"})
+    return run_dir
 
 
 def train(cfg: TrainConfig) -> tuple[dict[str, Any], Path]:
     """Start a new run in this process; return its summary and directory."""
     cfg, run_dir = prepare_new_run(cfg)
     setup = build_setup(cfg)  # every user error surfaces here, before the run directory exists
-    create_run_dir(setup.cfg, run_dir)
-    return make_trainer(setup, run_dir).fit(), run_dir
+    run_dir = create_run_dir(setup.cfg, run_dir)
+    try:
+        return make_trainer(setup, run_dir).fit(), run_dir
+    finally:
+        release_run_dir(run_dir)
 
 
 def resume_config(run_dir: Path, overrides: dict[str, Any]) -> tuple[Path, dict[str, Any], TrainConfig]:
@@ -208,13 +220,17 @@ def resume_config(run_dir: Path, overrides: dict[str, Any]) -> tuple[Path, dict[
 
 def resume_from(run_dir: Path, path: Path, meta: dict[str, Any], cfg: TrainConfig) -> tuple[dict[str, Any], Path]:
     """Continue the run in ``run_dir`` in this process from checkpoint ``path``."""
-    setup = build_setup(cfg)
-    trainer = make_trainer(setup, Path(run_dir))
-    trainer.restore(path, meta)
-    if trainer.state.position.phase >= setup.method.num_phases:
-        tqdm.write(f"degl: {run_dir} is already complete ({trainer.state.global_step} steps)", file=sys.stderr)
-        return trainer.state.summary(completed=True), Path(run_dir)
-    return trainer.fit(), Path(run_dir)
+    lock_run_dir(run_dir)
+    try:
+        setup = build_setup(cfg)
+        trainer = make_trainer(setup, Path(run_dir))
+        trainer.restore(path, meta)
+        if trainer.state.position.phase >= setup.method.num_phases:
+            tqdm.write(f"degl: {run_dir} is already complete ({trainer.state.global_step} steps)", file=sys.stderr)
+            return trainer.state.summary(completed=True), Path(run_dir)
+        return trainer.fit(), Path(run_dir)
+    finally:
+        release_run_dir(run_dir)
 
 
 def resume(run_dir: Path, overrides: dict[str, Any]) -> tuple[dict[str, Any], Path]:

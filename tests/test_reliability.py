@@ -1,0 +1,155 @@
+"""Nothing lost, nothing silent: one run per directory, diverged runs stopped, resume-safe files."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import SYNTH
+from degl.cli import main
+from degl.run import checkpoint
+
+TINY = [*SYNTH, "--stages", "2", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory) -> Path:
+    """A 2-epoch run stopped after 12 steps (one epoch is 8): one metrics epoch, one checkpoint."""
+    run = tmp_path_factory.mktemp("stopped") / "run"
+    assert main(["train", *TINY, "--epochs", "2", "--out", str(run), "--max-steps", "12"]) == 0
+    return run
+
+
+def copy_run(run: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "copy"
+    shutil.copytree(run, target)
+    return target
+
+
+def start_train(*args: str, cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "degl", "train", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def test_two_runs_started_together_on_one_out_never_share_it(tmp_path):
+    procs = [start_train(*TINY, "--epochs", "2", "--seed", str(s), "--out", "R", cwd=tmp_path) for s in (1, 2)]
+    results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
+    codes = sorted(code for code, _, _ in results)
+    assert codes == [0, 2], results
+    (winner,) = [i for i, (code, _, _) in enumerate(results) if code == 0]
+    loser_err = results[1 - winner][2]
+    assert loser_err.startswith("degl: error:") and "R" in loser_err, loser_err
+    lines = [json.loads(line) for line in (tmp_path / "R/metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 * 2 * 2  # 2 epochs x 2 stages x (train, test): one run's lines only
+    assert json.loads((tmp_path / "R/summary.json").read_text())["seed"] == winner + 1
+
+
+def test_two_runs_on_the_default_path_in_the_same_second_get_two_directories(tmp_path):
+    procs = [start_train(*TINY, "--epochs", "1", "--seed", str(s), cwd=tmp_path) for s in (1, 2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    dirs = sorted((tmp_path / "runs").iterdir())
+    assert len(dirs) == 2
+    printed = sorted(line.split()[1] for out in outs for line in out.splitlines() if line.startswith("run: "))
+    assert printed == sorted(str(d.relative_to(tmp_path)) for d in dirs)
+    assert sorted(json.loads((d / "summary.json").read_text())["seed"] for d in dirs) == [1, 2]
+
+
+def test_a_diverged_run_stops_with_one_line_and_checkpoints_nothing_non_finite(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--epochs", "2", "--lr", "1e4", "--out", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("degl: error: training diverged") and "--lr" in err[-1]
+    assert not (run / "summary.json").exists()
+    for line in (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").exists() else []:
+        json.loads(line)  # strict JSON: no bare NaN
+    latest = checkpoint.latest_checkpoint(run)
+    if latest is not None:
+        for file in latest.glob("stage-*.pt"):
+            state = torch.load(file, weights_only=True)
+            assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+
+
+def test_resume_after_a_cut_metrics_line_leaves_a_readable_file(stopped_run, tmp_path, capsys):
+    run = copy_run(stopped_run, tmp_path)
+    metrics = run / "metrics.jsonl"
+    metrics.write_bytes(metrics.read_bytes()[:-60])  # a crash in the middle of writing the last line
+    assert main(["train", "--resume", str(run)]) == 0
+    lines = [json.loads(line) for line in metrics.read_text().splitlines()]  # every line is whole
+    assert max(line["epoch"] for line in lines) == 2
+    assert main(["plot", str(run), "--out", str(tmp_path / "curves.png")]) == 0
+
+
+def test_a_binary_metrics_file_is_one_error_line(stopped_run, tmp_path, capsys):
+    run = copy_run(stopped_run, tmp_path)
+    (run / "metrics.jsonl").write_bytes(b"\xff\xfe\x00binary")
+    assert main(["plot", str(run), "--out", str(tmp_path / "c.png")]) == 2
+    assert capsys.readouterr().err.strip().startswith("degl: error:")
+    assert not (tmp_path / "c.png").exists()
+
+
+def test_a_file_models_default_run_dir_is_one_folder_named_after_the_file(tmp_path, monkeypatch):
+    model_file = tmp_path / "nets" / "ok.py"
+    model_file.parent.mkdir()
+    model_file.write_text(
+        "import torch.nn as nn\n\n"
+        "def build(num_classes=10, in_channels=1, **_):\n"
+        "    return nn.Sequential(nn.Conv2d(in_channels, 4, 3, padding=1), nn.ReLU(),\n"
+        "                         nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),\n"
+        "                         nn.Linear(4 * 12 * 12, num_classes))\n"
+    )
+    args = [a for a in TINY if a not in ("cnn4",)]
+    args[args.index("--model") + 1 : args.index("--model") + 1] = [f"{model_file}:build"]
+    args.remove("--width")
+    args.remove("0.125")
+    assert main(["train", *args, "--epochs", "1", "--max-steps", "2"]) == 0
+    (made,) = (tmp_path / "runs").iterdir()
+    assert made.name.startswith("dgl-ok-build-") and (made / "config.yaml").is_file()
+
+
+def test_latest_pointing_outside_the_run_is_not_followed(stopped_run, tmp_path, capsys):
+    run = copy_run(stopped_run, tmp_path)
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    own = checkpoint.latest_checkpoint(run)
+    (run / "checkpoints/latest").write_text(f"../../other/checkpoints/{own.name}\n")
+    assert checkpoint.latest_checkpoint(run) == own
+    path, _ = checkpoint.load_meta(run)
+    assert path == own and "does not name a complete checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage", ["deleted", "missing-step", "not-utf8"])
+def test_a_damaged_latest_pointer_resumes_from_the_newest_complete_checkpoint(stopped_run, tmp_path, damage, capsys):
+    run = copy_run(stopped_run, tmp_path)
+    pointer = run / "checkpoints/latest"
+    own = checkpoint.latest_checkpoint(run)
+    if damage == "deleted":
+        pointer.unlink()
+    elif damage == "missing-step":
+        pointer.write_text("step-99999999\n")
+    else:
+        pointer.write_bytes(b"\xff\xfe step")
+    assert checkpoint.latest_checkpoint(run) == own
+    assert main(["eval", "--run", str(run)]) == 0
+    assert main(["train", "--resume", str(run)]) == 0
+    assert json.loads((run / "summary.json").read_text())["completed"] is True
+
+
+def test_a_save_killed_before_its_rename_leaves_no_temporary_file_after_the_next_commit(tmp_path):
+    name = checkpoint.checkpoint_name(5)
+    stray = checkpoint.checkpoint_root(tmp_path) / name / ".stage-0.pt.x1y2.tmp"
+    stray.parent.mkdir(parents=True)
+    stray.write_bytes(b"half a file")
+    checkpoint.save_stage(tmp_path, name, 0, {"model": {}})
+    checkpoint.commit(tmp_path, name, {"format": 1, "config": {}}, 1)
+    assert not stray.exists() and checkpoint.latest_checkpoint(tmp_path) == stray.parent
