@@ -153,3 +153,38 @@ def test_a_save_killed_before_its_rename_leaves_no_temporary_file_after_the_next
     checkpoint.save_stage(tmp_path, name, 0, {"model": {}})
     checkpoint.commit(tmp_path, name, {"format": 1, "config": {}}, 1)
     assert not stray.exists() and checkpoint.latest_checkpoint(tmp_path) == stray.parent
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_torchrun_variables_left_in_the_environment_give_one_error_line(tmp_path, rank):
+    from conftest import run_degl
+    from degl.runtime.dist import free_port
+
+    env = {"RANK": rank, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    done = run_degl("train", *TINY, "--fault-timeout", "3", "--out", str(tmp_path / "R"), env=env, timeout=120)
+    assert done.returncode == 2, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("degl: error: RANK=") and "unset RANK" in last
+    assert not (tmp_path / "R").exists()
+
+
+def test_a_full_disk_during_a_checkpoint_is_one_error_line_and_leaves_no_temporary_file(tmp_path):
+    # A file-size limit makes every write past 20 kB fail as a full disk does (EFBIG instead of ENOSPC).
+    script = tmp_path / "limited.py"
+    script.write_text(
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))\n"
+        "from degl.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    run = tmp_path / "R"
+    done = subprocess.run(
+        [sys.executable, str(script), "train", *TINY, "--epochs", "1", "--out", str(run)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("degl: error: cannot write") and "stage-0.pt" in last
+    assert checkpoint.latest_checkpoint(run) is None
+    assert not list(run.rglob("*.tmp"))

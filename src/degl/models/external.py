@@ -112,7 +112,8 @@ def _from_file(path: Path) -> object:
     if module_name in sys.modules:
         return sys.modules[module_name]
     spec = importlib.util.spec_from_file_location(module_name, resolved)
-    assert spec is not None and spec.loader is not None, "a .py file always has a loader"
+    if spec is None or spec.loader is None:  # no loader for the suffix: not a .py file
+        raise UserError(f"model file {str(path)!r} is not a Python file (.py); give path/to/file.py:FUNCTION")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
     try:

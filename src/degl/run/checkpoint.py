@@ -15,6 +15,7 @@ checkpoint: each writes its own stage file, one of them writes ``meta.pt`` and `
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -31,6 +32,17 @@ KEEP = 2
 STEP_NAME = re.compile(r"step-\d{8}")
 
 
+# Write failures the user can fix (space, quota, file-size limit): one error line, not a traceback.
+DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _disk_error(path: Path, exc: OSError) -> UserError:
+    return UserError(
+        f"cannot write {path}: {exc.strerror or exc}; nothing was replaced (the previous checkpoint is still "
+        "the latest): free some space, then resume"
+    )
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -40,6 +52,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if exc.errno in DISK_ERRORS:
+            raise _disk_error(path, exc) from None
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -51,10 +68,20 @@ def atomic_save(obj: Any, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        torch.save(obj, tmp)
-        with open(tmp, "rb") as handle:
+        # Through a Python file object: a failed write then keeps its OSError (and errno) as the context
+        # of torch's RuntimeError, which a file name would hide.
+        with open(tmp, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        Path(tmp).unlink(missing_ok=True)
+        # torch.save reports a failed write as a RuntimeError that wraps the OS error's text.
+        cause = exc if isinstance(exc, OSError) else exc.__cause__ or exc.__context__
+        if isinstance(cause, OSError) and cause.errno in DISK_ERRORS:
+            raise _disk_error(path, cause) from None
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

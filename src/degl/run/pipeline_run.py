@@ -388,10 +388,13 @@ def run_rank(cfg: TrainConfig, resume_dir: Path | None, print_summary: bool, boa
         return 1
     if env.is_first and recorder.summary is not None:
         if interrupted:
-            print(
-                f"degl: interrupted; checkpoint saved, continue with: degl train --resume {info.run_dir}",
-                file=sys.stderr,
+            # A stopped multi-process async-dgl run cannot be resumed (its buffers are not checkpointed).
+            hint = (
+                f"evaluate it with: degl eval --run {info.run_dir}"
+                if cfg.method == "async-dgl"
+                else f"continue with: degl train --resume {info.run_dir}"
             )
+            print(f"degl: interrupted; checkpoint saved, {hint}", file=sys.stderr)
         elif print_summary:
             for line in format_summary(recorder.summary, Path(info.run_dir)):
                 print(line)

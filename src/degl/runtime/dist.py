@@ -74,9 +74,20 @@ def init_process_group(env: DistEnv, device: torch.device, timeout_s: float) -> 
     own_gpu = device.type == "cuda" and local_ranks <= torch.cuda.device_count()
     backend = "nccl" if own_gpu else "gloo"
     kwargs = {"device_id": device} if backend == "nccl" else {}
-    dist.init_process_group(
-        backend, rank=env.rank, world_size=env.world_size, timeout=timedelta(seconds=timeout_s), **kwargs
-    )
+    try:
+        dist.init_process_group(
+            backend, rank=env.rank, world_size=env.world_size, timeout=timedelta(seconds=timeout_s), **kwargs
+        )
+    except (dist.DistError, TimeoutError) as exc:
+        if env.launcher == "degl":
+            raise
+        where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+        missing = "the other ranks did not join" if env.rank == 0 else "no rank 0 answered"
+        raise UserError(
+            f"RANK={env.rank} and WORLD_SIZE={env.world_size} are set (as torchrun sets them), but {missing} "
+            f"at {where} within {timeout_s:.0f} s ({type(exc).__name__}); unset RANK, WORLD_SIZE, "
+            "MASTER_ADDR and MASTER_PORT to train in one process, or start every rank"
+        ) from None
 
 
 def staging_device(device: torch.device) -> torch.device | None:
