@@ -188,3 +188,16 @@ def test_a_full_disk_during_a_checkpoint_is_one_error_line_and_leaves_no_tempora
     assert last.startswith("degl: error: cannot write") and "stage-0.pt" in last
     assert checkpoint.latest_checkpoint(run) is None
     assert not list(run.rglob("*.tmp"))
+
+
+def test_resume_refuses_a_config_yaml_edited_since_the_checkpoint(stopped_run, tmp_path, capsys):
+    import yaml
+
+    run = copy_run(stopped_run, tmp_path)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    (run / "config.yaml").write_text(yaml.safe_dump({**config, "lr": 0.5}))
+    assert main(["train", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("degl: error:") and "lr: 0.1 -> 0.5" in err
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    assert main(["train", "--resume", str(run)]) == 0

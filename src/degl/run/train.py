@@ -204,6 +204,7 @@ def resume_config(run_dir: Path, overrides: dict[str, Any]) -> tuple[Path, dict[
     path, meta = checkpoint.load_meta(run_dir)
     saved = upgrade_saved_config(meta["config"])
     saved["max_steps"] = None
+    refuse_edited_config(run_dir, saved, INVOCATION_KEYS)
     for key, value in overrides.items():
         if key not in INVOCATION_KEYS:
             if saved.get(key) != value:
@@ -216,6 +217,28 @@ def resume_config(run_dir: Path, overrides: dict[str, Any]) -> tuple[Path, dict[
         saved[key] = value
     saved["out"] = str(run_dir)
     return path, meta, make_config(saved)
+
+
+def refuse_edited_config(run_dir: Path, saved: dict[str, Any], may_change: frozenset[str]) -> None:
+    """A resume continues the checkpoint's configuration: an edit of config.yaml is an error, not ignored."""
+    import yaml
+
+    from degl.run.config import upgrade_saved_config
+
+    try:
+        on_disk = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return  # unreadable or absent: the checkpoint holds the configuration anyway
+    if not isinstance(on_disk, dict):
+        return
+    on_disk = upgrade_saved_config(on_disk)
+    edited = sorted(k for k in on_disk if k not in may_change and k in saved and on_disk[k] != saved[k])
+    if edited:
+        changes = ", ".join(f"{k}: {saved[k]!r} -> {on_disk[k]!r}" for k in edited[:3])
+        raise UserError(
+            f"{Path(run_dir) / 'config.yaml'} was edited since the run was checkpointed ({changes}); a resume "
+            "continues the checkpoint's configuration: undo the edit, or start a new run with --config"
+        )
 
 
 def resume_from(run_dir: Path, path: Path, meta: dict[str, Any], cfg: TrainConfig) -> tuple[dict[str, Any], Path]:
