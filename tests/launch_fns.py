@@ -91,3 +91,11 @@ def async_with_a_slow_last_rank(env):
         return None
     reports = result.history[-1]["reports"]
     return [r["steps"] for r in reports], [r["served"] for r in reports], [r["budget_s"] for r in reports]
+
+
+def fail_on_rank_1_while_rank_0_computes(env: degl.DistEnv) -> None:
+    if env.rank == 1:
+        raise ValueError("rank 1 refuses")
+    import time
+
+    time.sleep(120)  # local work that never talks to rank 1: only the launcher can stop it

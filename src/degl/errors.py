@@ -15,3 +15,7 @@ class UserError(ValueError):
 
     def __init__(self, message: str) -> None:
         super().__init__(" ".join(message.split()))
+
+
+class DivergedError(UserError):
+    """The training loss became NaN or infinite: the run stops, its last finite checkpoint kept."""

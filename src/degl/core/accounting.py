@@ -8,6 +8,10 @@ from typing import Any
 import torch
 
 from degl.core.step import StepResult
+from degl.errors import DivergedError
+
+# On a GPU the finiteness check waits for the device: there it runs every this many steps.
+CUDA_CHECK_EVERY = 50
 
 
 @dataclass
@@ -32,6 +36,7 @@ class EpochStats:
     loss_sum: torch.Tensor | None = None
     correct: torch.Tensor | None = None
     count: int = 0
+    _adds: int = 0
 
     def reset(self, stages: list[int], device: torch.device) -> None:
         self.stages = list(stages)
@@ -45,6 +50,20 @@ class EpochStats:
             self.loss_sum[i] += result.loss.double() * result.count
             self.correct[i] += result.correct
         self.count += results[0].count
+        self._adds += 1
+        if self.loss_sum.device.type == "cpu" or self._adds % CUDA_CHECK_EVERY == 0:
+            self.check_finite()
+
+    def check_finite(self) -> None:
+        """Stop a diverged run at once: a NaN or infinite loss is never trained on, recorded or saved."""
+        assert self.loss_sum is not None
+        if self.loss_sum.numel() and not bool(torch.isfinite(self.loss_sum).all()):
+            i = int((~torch.isfinite(self.loss_sum)).nonzero()[0])
+            raise DivergedError(
+                f"training diverged: stage {self.stages[i]}'s training loss is {self.loss_sum[i].item()} after "
+                f"{self.count} training samples of this epoch; no checkpoint was written from this point: "
+                "start again with a lower --lr"
+            )
 
     def means(self) -> tuple[list[float], list[float]]:
         assert self.loss_sum is not None and self.correct is not None

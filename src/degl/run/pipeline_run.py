@@ -434,7 +434,9 @@ def launch_local(cfg: TrainConfig, *, resume_dir: Path | None) -> int:
     if problem is not None:
         print(f"degl: error: {problem}", file=sys.stderr)
         return 1
-    if codes[0] in (2, STOPPED):
+    if 2 in codes:  # a user error on some rank (bad input, a diverged stage): it printed the line
+        return 2
+    if codes[0] == STOPPED:
         return codes[0]
     summary_path = run_dir / "summary.json"
     if summary_path.is_file():

@@ -20,17 +20,13 @@ from degl.core.accounting import EpochStats, Position, train_line
 from degl.core.codec import wire_bytes_per_sample
 from degl.core.stage import Stage
 from degl.core.step import PRECISION_DTYPES
-from degl.errors import UserError
+from degl.errors import DivergedError
 from degl.run import checkpoint
 from degl.run.config import TrainConfig
 from degl.run.rundir import MetricsLog, write_json
 from degl.run.tensorboard import SUBDIR as TB_SUBDIR
 from degl.run.tensorboard import TensorBoardLog
 from degl.run.tensorboard import resolve as resolve_tensorboard
-
-
-class DivergedError(UserError):
-    """The training loss became NaN or infinite: the run stops, its last finite checkpoint kept."""
 
 
 @dataclass
@@ -155,17 +151,16 @@ class RunState:
         self, train: EpochStats, evaluation: dict[int, dict[str, float]] | None = None, *, where: str = ""
     ) -> None:
         """Stop a diverged run: a NaN or infinite loss is never recorded as a result or checkpointed."""
+        if train.loss_sum is not None:
+            train.check_finite()
         bad: list[str] = []
-        if train.loss_sum is not None and train.count:
-            losses, _ = train.means()
-            bad += [f"stage {s}'s training loss is {v}" for s, v in zip(train.stages, losses) if not math.isfinite(v)]
         for stage, values in sorted((evaluation or {}).items()):
             if not math.isfinite(values.get("loss", 0.0)):
                 bad.append(f"stage {stage}'s test loss is {values['loss']}")
         if bad:
             at = f"{where}, step {self.global_step}" if where else f"step {self.global_step}"
             raise DivergedError(
-                f"training diverged ({'; '.join(bad[:2])} at {at}); nothing from this point was checkpointed: "
+                f"training diverged ({'; '.join(bad[:2])} at {at}); no checkpoint was written from this point: "
                 "start again with a lower --lr"
             )
 

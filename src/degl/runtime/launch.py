@@ -37,6 +37,10 @@ STOPPED = 130
 # on request, stopped because a neighbour failed.
 EXPECTED = (0, 2, STOPPED, PEER_FAILED)
 RANK_NAME = "degl-rank"
+# After a rank fails, the others get this long to notice and stop by themselves (a rank waiting on the
+# failed one notices at once); then the launcher stops them, so a rank busy in local code cannot hold the
+# job (and the error) for minutes.
+FAILURE_GRACE_S = 5.0
 
 
 def describe_exit(code: int) -> str:
@@ -110,6 +114,7 @@ def watch(context: mp.ProcessContext, fault_timeout: float, on_tick: Callable[[]
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     deadline = None
+    stopped_by_launcher: set[int] = set()
     try:
         while True:
             if on_tick is not None:
@@ -120,13 +125,14 @@ def watch(context: mp.ProcessContext, fault_timeout: float, on_tick: Callable[[]
                     on_tick()
                 for proc in procs:
                     proc.join()
-                return codes  # type: ignore[return-value]
+                # A rank the launcher stopped did not fail: it stopped because another one did.
+                return [PEER_FAILED if r in stopped_by_launcher else c for r, c in enumerate(codes)]  # type: ignore[misc]
             if deadline is None and any(code is not None and code not in (0, 2, STOPPED) for code in codes):
-                # Peers notice a dead neighbour at once or after fault_timeout; then the backstop.
-                deadline = time.monotonic() + fault_timeout + 10
+                deadline = time.monotonic() + min(FAILURE_GRACE_S, fault_timeout + 10)
             if deadline is not None and time.monotonic() > deadline:
-                for proc in procs:
+                for rank, proc in enumerate(procs):
                     if proc.exitcode is None:
+                        stopped_by_launcher.add(rank)
                         proc.kill()
                 deadline = float("inf")
             time.sleep(0.05)
@@ -138,8 +144,8 @@ def watch(context: mp.ProcessContext, fault_timeout: float, on_tick: Callable[[]
 def failures(codes: Sequence[int]) -> str | None:
     """One line naming the ranks that failed (and those that stopped because of them), or None."""
     failed = [(rank, code) for rank, code in enumerate(codes) if code not in EXPECTED]
-    if not failed and PEER_FAILED not in codes:
-        return None
+    if not failed and (PEER_FAILED not in codes or 2 in codes):
+        return None  # no failure, or a user error: that rank has printed its one line
     causes = "; ".join(f"rank {r} (stage {r}) {describe_exit(c)}" for r, c in failed) or "a rank failed"
     followers = [str(r) for r, c in enumerate(codes) if c == PEER_FAILED]
     note = f"; rank(s) {', '.join(followers)} stopped because of it" if followers else ""
