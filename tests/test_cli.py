@@ -299,15 +299,16 @@ def test_compare_in_parallel_processes_gives_the_sequential_numbers(tmp_path, ca
 
 def test_sigterm_to_a_parallel_compare_stops_its_children_with_checkpoints(tmp_path):
     out = tmp_path / "cmp"
-    long_runs = ["--synthetic-size", "8000", "--batch-size", "16", "--epochs", "3", "--input-shape", "1,16,16"]
+    long_runs = ["--synthetic-size", "2000", "--batch-size", "16", "--epochs", "3", "--input-shape", "1,16,16"]
     args = ["compare", "--dataset", "synthetic", "--model", "cnn4", "--width", "0.25", "--stages", "2", *long_runs]
     args += ["--methods", "dgl,backprop,sgl", "--parallel", "2", "--threads", "1", "--out", str(out)]
     proc = subprocess.Popen([sys.executable, "-m", "degl", *args], stderr=subprocess.PIPE, text=True)
     started = [out / f"{m}-seed0" / "config.yaml" for m in ("sgl", "dgl")]  # the two longest start first
     deadline = time.monotonic() + 120
+    # Each has trained (its first epoch's lines are written): observable, unlike a fixed sleep.
+    started = [run.parent / "metrics.jsonl" for run in started]
     while not all(p.exists() for p in started) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    time.sleep(1.0)
+        time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)  # returns only once every child has exited
     assert proc.returncode == 130, stderr

@@ -216,3 +216,10 @@ def test_a_rank_that_raises_is_named_alone_and_a_busy_peer_is_stopped_for_it():
     message = str(failure.value)
     assert "rank 1 (stage 1) exited with status 1" in message
     assert "rank 0 (stage 0) exited" not in message and "rank(s) 0 stopped because of it" in message
+
+
+def test_a_width_too_large_for_memory_says_so(capsys):
+    assert main(["train", *TINY, "--width", "1000", "--out", "never"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "does not fit in memory" in err and "downsampling" not in err
+    assert not Path("never").exists()

@@ -69,7 +69,7 @@ def test_ctrl_c_writes_a_loadable_checkpoint_and_resume_finishes(tmp_path):
         "--input-shape",
         "1,16,16",
         "--synthetic-size",
-        "8000",
+        "1600",
         "--model",
         "cnn4",
         "--width",
@@ -77,16 +77,17 @@ def test_ctrl_c_writes_a_loadable_checkpoint_and_resume_finishes(tmp_path):
         "--batch-size",
         "16",
         "--epochs",
-        "2",
+        "3",
         "--no-progress",
         "--out",
         str(out),
     ]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while not (out / "config.yaml").exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    time.sleep(1.0)
+    # Wait for something the run did (its first epoch's lines), never for a fixed time: on a busy
+    # machine a second may not be enough for one step.
+    while not (out / "metrics.jsonl").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
@@ -102,4 +103,4 @@ def test_ctrl_c_writes_a_loadable_checkpoint_and_resume_finishes(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["completed"] and summary["steps_completed"] == 2 * (8000 // 16)
+    assert summary["completed"] and summary["steps_completed"] == 3 * (1600 // 16)

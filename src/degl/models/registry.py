@@ -137,7 +137,16 @@ def build_model(
     try:
         backbone = entry.builder(width=width, input_shape=shape, num_classes=num_classes, **options)
         _probe(backbone)
+    except (MemoryError, torch.OutOfMemoryError) as exc:
+        raise UserError(
+            f"model {name!r} at width {width:g} does not fit in memory ({exc}); use a smaller width"
+        ) from None
     except RuntimeError as exc:
+        if "allocate" in str(exc).lower() or "out of memory" in str(exc).lower():
+            first = str(exc).splitlines()[0][:160]
+            raise UserError(
+                f"model {name!r} at width {width:g} does not fit in memory ({first}); use a smaller width"
+            ) from None
         raise UserError(
             f"model {name!r} cannot take inputs of shape {shape} (too small for its downsampling?): "
             f"{str(exc).splitlines()[0]}"

@@ -155,8 +155,8 @@ class RunRecorder:
         if idle[worst] > IDLE_HINT and self.cfg.split != "time" and self.cfg.cuts is None and not self.hinted:
             self.hinted = True
             print(
-                f"degl: note: rank {worst} waited {idle[worst]:.0%} of the epoch for its input: the stages are "
-                "unbalanced; --split time cuts where the measured step times are even",
+                f"degl: note: rank {worst} spent {idle[worst]:.0%} of its training time waiting for its input: "
+                "the stages are unbalanced; --split time cuts where the measured step times are even",
                 file=sys.stderr,
             )
 
