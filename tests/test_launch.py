@@ -91,7 +91,7 @@ def test_a_mostly_waiting_rank_gets_a_balance_note(capsys, tmp_path):
     assert "note" not in capsys.readouterr().err
     recorder._hint_balance(reports([0.0, 0.48]))
     note = capsys.readouterr().err
-    assert "rank 1 waited 48%" in note and "--split time" in note
+    assert "rank 1 spent 48% of its training time waiting" in note and "--split time" in note
     recorder._hint_balance(reports([0.0, 0.48]))  # once per run
     assert capsys.readouterr().err == ""
     timed = RunRecorder(TrainConfig(split="time"), tmp_path, None)
