@@ -223,3 +223,19 @@ def test_a_width_too_large_for_memory_says_so(capsys):
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "does not fit in memory" in err and "downsampling" not in err
     assert not Path("never").exists()
+
+
+def test_the_lock_of_a_killed_run_is_recognised_as_stale(tmp_path, capsys):
+    import signal
+    import time
+
+    run = tmp_path / "R"
+    proc = start_train(*TINY, "--epochs", "30", "--out", str(run), cwd=tmp_path)
+    deadline = time.monotonic() + 120
+    while checkpoint.latest_checkpoint(run) is None:
+        assert time.monotonic() < deadline and proc.poll() is None, "no checkpoint written"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (run / ".degl.lock").read_text().strip() == str(proc.pid)  # the lock file outlives its holder
+    assert main(["train", "--resume", str(run), "--max-steps", "1"]) == 0  # ... but not its lock

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,7 +73,9 @@ def load_run(path: Path) -> RunCurves:
         record = parse_metrics_line(raw)
         if record is None:
             if number == len(text):
-                break  # a run in progress (or killed) may have cut its last line short
+                # a run in progress (or killed) may have cut its last line short
+                print(f"degl: note: {metrics}: skipping its last line, cut short (a run in progress?)", file=sys.stderr)
+                break
             raise UserError(f"{metrics}: line {number} is not a JSON object; the file is corrupt")
         lines.append(record)
     return RunCurves(
