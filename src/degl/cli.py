@@ -114,9 +114,21 @@ def build_parser() -> ArgumentParser:
     add_train_options(compare, exclude=("method", "seed"))
 
     evaluate = sub.add_parser("eval", help="evaluate a run's last checkpoint on the test set")
-    evaluate.add_argument("--run", metavar="DIR", required=True, help="run directory written by 'degl train'")
+    evaluate.add_argument(
+        "--run",
+        metavar="DIR",
+        required=True,
+        help="run directory written by 'degl train', or a file written by 'degl export'",
+    )
     evaluate.add_argument("--device", default=None, help="override the run's device")
     evaluate.add_argument("--data-dir", default=None, help="override the run's data directory")
+    from degl.run.eval_extras import add_eval_extra_arguments
+
+    add_eval_extra_arguments(evaluate)
+
+    from degl.run.export import add_export_arguments
+
+    add_export_arguments(sub.add_parser("export", help="write a run's network as one ONNX, pt2 or state-dict file"))
 
     models = sub.add_parser(
         "models",
@@ -294,8 +306,12 @@ def run_trace_summary(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    from degl.run.eval_extras import eval_extras_command
     from degl.run.evaluation import evaluate_run
 
+    extra = eval_extras_command(args)
+    if extra is not None:
+        return extra
     result = evaluate_run(Path(args.run), device=args.device, data_dir=args.data_dir)
     keys = ("stages", "test_acc_per_stage", "test_acc5_per_stage", "test_ensemble_acc_per_stage")
     rows = zip(*(result[key] for key in keys))
@@ -406,6 +422,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_eval(args)
         if args.command == "models":
             return run_models(args)
+        if args.command == "export":
+            from degl.run.export import export_command
+
+            return export_command(args)
         if args.command == "plot":
             return run_plot(args)
         if args.command == "bench":
