@@ -239,3 +239,58 @@ def test_the_lock_of_a_killed_run_is_recognised_as_stale(tmp_path, capsys):
     proc.wait()
     assert (run / ".degl.lock").read_text().strip() == str(proc.pid)  # the lock file outlives its holder
     assert main(["train", "--resume", str(run), "--max-steps", "1"]) == 0  # ... but not its lock
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--method", "backprop", "--split", "memory"], "--split memory applies to methods that cut"),
+        (["--schedule", "cosine", "--lr-milestones", "2,4"], "--lr-milestones 2,4 applies to --schedule milestones"),
+        (["--schedule", "step", "--lr-milestones", "2,4"], "--lr-milestones 2,4 applies to --schedule milestones"),
+        (["--data-dir", "somewhere"], "--data-dir somewhere applies to data sets read from disk"),
+        (["--data-workers", "2"], "--data-workers 2 applies to --dataset imagenet"),
+        (["--max-in-flight", "4"], "--max-in-flight 4 applies to multi-process runs"),
+        (["--cuts", "2", "--split", "blocks"], "--cuts and --split both choose the cut"),
+        (["--momentum", "5"], "--momentum must be in [0, 1)"),
+        (["--width", "inf"], "--width must be a positive finite number"),
+        (["--lr", "inf"], "--lr must be a positive finite number"),
+    ],
+)
+def test_options_a_run_would_ignore_or_cannot_use_are_refused_in_one_line(tmp_path, capsys, args, message):
+    run = tmp_path / "R"
+    assert main(["train", *TINY, "--stages", "2", *args, "--out", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("degl: error:") and message in err[0], err
+    assert not run.exists()
+
+
+def test_pinned_buffers_on_the_cpu_are_refused_not_warned(tmp_path, capsys):
+    args = ["--method", "async-dgl", "--buffer", "2", "--buffer-storage", "pinned", "--device", "cpu"]
+    assert main(["train", *TINY, *args, "--out", str(tmp_path / "R")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("degl: error: --buffer-storage pinned applies to a GPU device, not") and "Warning" not in err
+
+
+def test_more_threads_than_cores_is_said(tmp_path, capsys):
+    threads = (os.cpu_count() or 1) + 1
+    assert main(["train", *TINY, "--threads", str(threads), "--max-steps", "1", "--out", str(tmp_path / "R")]) == 0
+    assert f"--threads {threads} is more than this machine's" in capsys.readouterr().err
+
+
+def test_a_yaml_syntax_error_names_line_and_column(tmp_path, capsys):
+    config = tmp_path / "bad.yaml"
+    config.write_text("model: cnn4\nwidth: [0.5\nepochs: 2\n")
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "R")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("degl: error: config file") and "at line 3, column" in err
+
+
+def test_on_nonfinite_warn_goes_on_with_one_warning(tmp_path, capsys):
+    run = tmp_path / "R"
+    args = ["--epochs", "2", "--lr", "1e4", "--on-nonfinite", "warn", "--out", str(run)]
+    assert main(["train", *TINY, "--stages", "2", *args]) == 0
+    err = capsys.readouterr().err
+    assert err.count("degl: warning: training diverged") == 1
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        json.loads(line)  # null where the loss is NaN, never a bare NaN
+    assert json.loads((run / "summary.json").read_text())["completed"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +13,23 @@ from degl.errors import DivergedError
 
 # On a GPU the finiteness check waits for the device: there it runs every this many steps.
 CUDA_CHECK_EVERY = 50
+NONFINITE_POLICIES = ("stop", "warn")
+_nonfinite = {"policy": "stop", "warned": False}
+
+
+def set_nonfinite_policy(policy: str) -> None:
+    """``stop`` (default): a non-finite loss raises :class:`DivergedError`; ``warn``: one warning, go on."""
+    assert policy in NONFINITE_POLICIES, policy
+    _nonfinite.update(policy=policy, warned=False)
+
+
+def report_nonfinite(message: str) -> None:
+    """Stop the run with ``message``, or under ``--on-nonfinite warn`` print it once and go on."""
+    if _nonfinite["policy"] == "stop":
+        raise DivergedError(f"{message}; no checkpoint was written from this point: start again with a lower --lr")
+    if not _nonfinite["warned"]:
+        _nonfinite["warned"] = True
+        print(f"degl: warning: {message}; going on (--on-nonfinite warn)", file=sys.stderr)
 
 
 @dataclass
@@ -59,10 +77,9 @@ class EpochStats:
         assert self.loss_sum is not None
         if self.loss_sum.numel() and not bool(torch.isfinite(self.loss_sum).all()):
             i = int((~torch.isfinite(self.loss_sum)).nonzero()[0])
-            raise DivergedError(
+            report_nonfinite(
                 f"training diverged: stage {self.stages[i]}'s training loss is {self.loss_sum[i].item()} after "
-                f"{self.count} training samples of this epoch; no checkpoint was written from this point: "
-                "start again with a lower --lr"
+                f"{self.count} training samples of this epoch"
             )
 
     def means(self) -> tuple[list[float], list[float]]:

@@ -7,6 +7,8 @@ YAML file under its flag name (``batch-size``) or its field name (``batch_size``
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 import os
 import sys
 import types
@@ -220,6 +222,14 @@ class TrainConfig:
     )
     out: str | None = field(default=None, metadata=_opt("run directory (default runs/<method>-<model>-<time>)"))
     progress: bool = field(default=True, metadata=_opt("progress bars on stderr"))
+    on_nonfinite: str = field(
+        default="stop",
+        metadata=_opt(
+            "a NaN or infinite loss: stop the run with one error line (its last finite checkpoint kept), or warn "
+            "once and go on",
+            choices=("stop", "warn"),
+        ),
+    )
     trace: bool = field(
         default=False,
         metadata=_opt(
@@ -263,6 +273,7 @@ def format_option(value: Any) -> str:
 INVOCATION_KEYS = frozenset(
     {
         "max_steps",
+        "on_nonfinite",
         "threads",
         "progress",
         "trace",
@@ -324,8 +335,10 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(f"config file {path} is not valid YAML: {first}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        first = (getattr(exc, "problem", None) or str(exc).splitlines()[0])[:120]
+        raise UserError(f"config file {path} is not valid YAML{where}: {first}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -464,8 +477,13 @@ def validate(cfg: TrainConfig) -> None:
         if value is not None and value < 1:
             raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
     for name in ("width", "lr"):
-        if not getattr(cfg, name) > 0:
-            raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
+        if not (getattr(cfg, name) > 0 and math.isfinite(getattr(cfg, name))):
+            raise UserError(f"--{name.replace('_', '-')} must be a positive finite number, got {getattr(cfg, name)}")
+    if not 0 <= cfg.momentum < 1:
+        raise UserError(f"--momentum must be in [0, 1), got {cfg.momentum} (at 1 or above SGD diverges)")
+    cores = os.cpu_count() or 1
+    if cfg.threads is not None and cfg.threads > cores:
+        _note_once(f"--threads {cfg.threads} is more than this machine's {cores} cores; the threads will share them")
     if not 0 < cfg.lr_decay_factor <= 1:
         raise UserError(f"--lr-decay-factor must be in (0, 1], got {cfg.lr_decay_factor}")
     if cfg.buffer < 0:
@@ -486,8 +504,8 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError("--loss-scale-init must be positive and --loss-scale-growth-interval at least 1")
     if cfg.feature_cache_gb < 0:
         raise UserError(f"--feature-cache-gb must be 0 or more, got {cfg.feature_cache_gb}")
-    if cfg.weight_decay < 0 or cfg.momentum < 0:
-        raise UserError("--weight-decay and --momentum must not be negative")
+    if cfg.weight_decay < 0:
+        raise UserError("--weight-decay must not be negative")
     if cfg.method in GRADIENT_METHODS and cfg.precision == "fp16":
         raise UserError(
             f"--method {cfg.method} runs in fp32 or bf16: fp16's loss scale would scale the gradients it sends"
@@ -509,6 +527,11 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError(f"--num-classes must be at least 2, got {cfg.num_classes}")
     parse_codec(cfg.codec, flag="--codec")
     parse_codec(cfg.buffer_codec, flag="--buffer-codec")
+
+
+@functools.cache
+def _note_once(message: str) -> None:
+    print(f"degl: note: {message}", file=sys.stderr)
 
 
 def inapplicable_options(cfg: TrainConfig, *, processes: int | None = None) -> dict[str, str]:
@@ -535,6 +558,15 @@ def inapplicable_options(cfg: TrainConfig, *, processes: int | None = None) -> d
     )
     needs(("momentum", "nesterov"), cfg.optimizer == "sgd", "applies to --optimizer sgd")
     needs(("lr_decay_every",), cfg.schedule == "step", "applies to --schedule step")
+    needs(("lr_milestones",), cfg.schedule == "milestones", "applies to --schedule milestones")
+    needs(
+        ("split", "cuts", "split_at"),
+        cfg.method != "backprop",
+        "applies to methods that cut the network into stages (backprop trains it end to end)",
+    )
+    needs(("data_dir",), cfg.dataset != "synthetic", "applies to data sets read from disk (not --dataset synthetic)")
+    needs(("data_workers",), cfg.dataset == "imagenet", "applies to --dataset imagenet (decoded while training)")
+    needs(("buffer_storage",), cfg.device != "cpu", "applies to a GPU device, not --device cpu")
     needs(("lr_decay_factor",), cfg.schedule in ("step", "milestones"), "applies to --schedule step or milestones")
     needs(("loss_scale_init", "loss_scale_growth_interval"), cfg.precision == "fp16", "applies to --precision fp16")
     needs(("feature_cache_gb",), cfg.method == "sgl", "applies to --method sgl")
@@ -549,6 +581,7 @@ def inapplicable_options(cfg: TrainConfig, *, processes: int | None = None) -> d
     # torchrun's ranks parse the command line with --workers unset; WORLD_SIZE is torchrun's variable.
     multi_process = processes > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1
     needs(("trace",), multi_process, "applies to multi-process runs (--workers K with K >= 2, or torchrun)")
+    needs(("max_in_flight",), multi_process, "applies to multi-process runs (--workers K with K >= 2, or torchrun)")
     defaults = TrainConfig()
     return {name: what for name, what in reasons.items() if getattr(cfg, name) != getattr(defaults, name)}
 
@@ -569,6 +602,8 @@ def refuse_inapplicable(cfg: TrainConfig, *, processes: int | None = None) -> No
 def settle_inapplicable(cfg: TrainConfig, typed: set[str], *, processes: int | None = None) -> TrainConfig:
     """Refuse an option typed on the command line that this run would ignore; one that came from a
     ``--config`` file (a recipe made for a GPU, run with ``--precision fp32``) is dropped with a note."""
+    if {"cuts", "split"} <= typed:
+        raise UserError("--cuts and --split both choose the cut (--cuts names it, --split searches for one); give one")
     ignored = inapplicable_options(cfg, processes=processes)
     for name, what in ignored.items():
         if name in typed:

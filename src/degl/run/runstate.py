@@ -16,11 +16,10 @@ import torch
 from tqdm.auto import tqdm
 
 import degl
-from degl.core.accounting import EpochStats, Position, train_line
+from degl.core.accounting import EpochStats, Position, report_nonfinite, train_line
 from degl.core.codec import wire_bytes_per_sample
 from degl.core.stage import Stage
 from degl.core.step import PRECISION_DTYPES
-from degl.errors import DivergedError
 from degl.run import checkpoint
 from degl.run.config import TrainConfig
 from degl.run.rundir import MetricsLog, write_json
@@ -159,10 +158,7 @@ class RunState:
                 bad.append(f"stage {stage}'s test loss is {values['loss']}")
         if bad:
             at = f"{where}, step {self.global_step}" if where else f"step {self.global_step}"
-            raise DivergedError(
-                f"training diverged ({'; '.join(bad[:2])} at {at}); no checkpoint was written from this point: "
-                "start again with a lower --lr"
-            )
+            report_nonfinite(f"training diverged ({'; '.join(bad[:2])} at {at})")
 
     def meta(self, epoch_stats: EpochStats, method_shared: dict[str, Any]) -> dict[str, Any]:
         self.check_finite(epoch_stats)

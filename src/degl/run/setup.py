@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from degl.core.accounting import set_nonfinite_policy
 from degl.core.methods import Method, build_method
 from degl.core.optim import OptimSettings
 from degl.core.split import build_stages
@@ -41,7 +42,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def configure_torch(cfg: TrainConfig) -> None:
-    """Threads and determinism; call before any CUDA work."""
+    """Threads, determinism and what a non-finite loss does; call before any CUDA work."""
+    set_nonfinite_policy(cfg.on_nonfinite)
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     if cfg.deterministic:
