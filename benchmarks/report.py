@@ -71,7 +71,7 @@ def main() -> int:
     if done.returncode != 0:
         sys.stderr.write(done.stderr)
         return done.returncode
-    lines = done.stdout.strip().splitlines()
+    lines = done.stdout.rstrip().lstrip("\n").splitlines()
     result = json.loads(lines[-1])
     tag, description = hardware()
     version = torch.__version__.split("+")[0]
