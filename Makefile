@@ -28,7 +28,7 @@ demo: install
 	$(BIN)/degl plot runs/demo/dgl-seed0 runs/demo/backprop-seed0 --out runs/demo/curves.png
 
 test: install
-	DEGL_REQUIRE_DATA=1 $(BIN)/pytest -q
+	DEGL_REQUIRE_DATA=1 $(BIN)/pytest -q -n 2  # two workers: many tests wait on subprocesses
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks examples
