@@ -294,3 +294,19 @@ def test_on_nonfinite_warn_goes_on_with_one_warning(tmp_path, capsys):
     for line in (run / "metrics.jsonl").read_text().splitlines():
         json.loads(line)  # null where the loss is NaN, never a bare NaN
     assert json.loads((run / "summary.json").read_text())["completed"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", *SYNTH, "--width", "1", "--model", "/etc/passwd:foo"], "'/etc/passwd' is not a Python file"),
+        (["train", "--resume", "FILE"], "is a file, not a run directory"),
+    ],
+)
+def test_a_wrong_kind_of_file_is_one_error_line(tmp_path, capsys, argv, message):
+    (tmp_path / "FILE").write_text("not a run\n")
+    argv = [str(tmp_path / "FILE") if arg == "FILE" else arg for arg in argv]
+    assert main([*argv, "--out", str(tmp_path / "R")] if "--resume" not in argv else argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("degl: error:") and message in err[0], err
+    assert not (tmp_path / "R").exists()
