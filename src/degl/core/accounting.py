@@ -78,8 +78,8 @@ class EpochStats:
         if self.loss_sum.numel() and not bool(torch.isfinite(self.loss_sum).all()):
             i = int((~torch.isfinite(self.loss_sum)).nonzero()[0])
             report_nonfinite(
-                f"training diverged: stage {self.stages[i]}'s training loss is {self.loss_sum[i].item()} after "
-                f"{self.count} training samples of this epoch"
+                f"training diverged: stage {self.stages[i]}'s training loss is {self.loss_sum[i].item()} at "
+                f"step {self._adds} of this epoch ({self.count} training samples)"
             )
 
     def means(self) -> tuple[list[float], list[float]]:
