@@ -4,7 +4,7 @@
   completed run with the same options and resumes a stopped one, so a study can be interrupted and
   restarted without repeating work.
 - :func:`results_stem`: the dated name of a results file, naming the hardware and torch version
-  (``benchmarks/results/<date>-<study>-<hardware>-torch<version>``), as DESIGN.md asks.
+  (``benchmarks/results/<date>-<study>-<hardware>-torch<version>``), as benchmarks/README.md asks.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Splitting any traceable model: torchvision nets, a user's file, a module's function.
 
-The contract (DESIGN.md): chaining the stages' blocks and the last head reproduces ``model(x)``
+The contract (docs/design.md): chaining the stages' blocks and the last head reproduces ``model(x)``
 bit for bit, every parameter belongs to exactly one stage, and the per-stage MACs add up to the
 whole model's. Inputs are 3x32x32 (ViT-B/16 built for 32x32: 4 patches + the class token) so that
 the suite stays fast on two cores.

@@ -1,4 +1,4 @@
-"""The package's layers (DESIGN.md "Layers"): who may import whom, and no import cycles."""
+"""The package's layers (docs/design.md, "Layers"): who may import whom, and no import cycles."""
 
 import ast
 from pathlib import Path

@@ -1,1 +1,2 @@
-"""Where stages execute: processes, ranks, devices, transports and replay buffers."""
+"""Where stages execute: processes, ranks, devices and the transports between them (the replay buffers
+they fill are in ``degl.core.replay_buffer``)."""
