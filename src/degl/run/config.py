@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from degl.core.accounting import NONFINITE_POLICIES
 from degl.core.codec import parse_codec
 from degl.errors import UserError
 
@@ -227,7 +228,7 @@ class TrainConfig:
         metadata=_opt(
             "a NaN or infinite loss: stop the run with one error line (its last finite checkpoint kept), or warn "
             "once and go on",
-            choices=("stop", "warn"),
+            choices=NONFINITE_POLICIES,
         ),
     )
     trace: bool = field(
