@@ -5,7 +5,7 @@
     ranks    rank k of each method's pipeline in turn: the :class:`~degl.runtime.sync_rank.SyncRank`
              loop for dgl, the :class:`~degl.runtime.gradient_rank.GradientRank` loop (gradients sent
              back from rank k+1) for dni, cdni, ddg and fr, built as ``degl train --workers K`` builds
-             them (:func:`degl.run.pipeline_run.build_rank`), fed one fixed batch
+             them (:func:`degl.runtime.build.make_rank`), fed one fixed batch
 
 The methods share the processes (a barrier between them), so a comparison of M methods costs one
 start of K processes per round rather than M; the caller rotates the order every round, so no
@@ -19,13 +19,9 @@ from typing import Any
 
 import torch.distributed as dist
 
-from degl.bench.pipeline_ranks import RepeatedBatch, batch, build, rank_figures, run_dgl_rank, settings, window
-from degl.core.alternatives import make_gradient_step
+from degl.bench.pipeline_ranks import batch, build, run_rank, settings, window
 from degl.core.methods import build_method
-from degl.core.step import Precision
 from degl.runtime.dist import DistEnv
-from degl.runtime.gradient_rank import GradientLink, GradientRank
-from degl.runtime.sync_rank import Plan
 
 
 def run_single_method(spec: dict[str, Any], name: str) -> dict[str, Any]:
@@ -40,29 +36,6 @@ def run_single_method(spec: dict[str, Any], name: str) -> dict[str, Any]:
     return window(marks, spec["warmup"])
 
 
-def run_gradient_rank(env: DistEnv, spec: dict[str, Any], name: str) -> dict[str, Any]:
-    """Rank k of the dni / cdni / ddg / fr pipeline over one epoch of ``warmup + steps`` batches."""
-    stage = build(spec)[env.rank]
-    step = make_gradient_step(
-        name,
-        stage,
-        num_stages=env.world_size,
-        num_classes=spec["num_classes"],
-        seed=spec["seed"],  # the synthesizers start as in the one-process run
-        make_optimizer=settings().make_optimizer,
-        precision=Precision("fp32", env.device),
-        device=env.device,
-    )
-    total, warmup = spec["warmup"] + spec["steps"], spec["warmup"]
-    plan = Plan((spec["batch_size"],) * total, (), spec["num_classes"], epochs=1)
-    link = GradientLink.for_gradients(env.rank, env.world_size, env.device, max_in_flight=spec["max_in_flight"])
-    rank = GradientRank(
-        step, link, plan, rank=env.rank, world=env.world_size, train_batches=RepeatedBatch(*batch(spec))
-    )
-    rank.fit()
-    return rank_figures(rank, warmup, total)
-
-
 def run_methods_mode(env: DistEnv, mode: str, spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Every method of ``spec["methods"]``, in that order: ``mode`` ``single`` or ``ranks``."""
     results = {}
@@ -70,8 +43,6 @@ def run_methods_mode(env: DistEnv, mode: str, spec: dict[str, Any]) -> dict[str,
         dist.barrier()  # the previous method's messages are all consumed: the ranks start together
         if mode == "single":
             results[name] = run_single_method(spec, name)
-        elif name == "dgl":
-            results[name] = run_dgl_rank(env, spec)
         else:
-            results[name] = run_gradient_rank(env, spec, name)
+            results[name] = run_rank(env, spec, name)
     return results

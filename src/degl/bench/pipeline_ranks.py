@@ -24,10 +24,11 @@ from degl.core.methods import DGL
 from degl.core.optim import OptimSettings
 from degl.core.split import build_stages
 from degl.core.stage import Stage
-from degl.core.step import StageStep
 from degl.models import build_model
+from degl.runtime.build import make_link, make_rank, make_step
 from degl.runtime.dist import DistEnv
-from degl.runtime.sync_rank import Link, Plan, SyncRank
+from degl.runtime.hooks import RankHooks
+from degl.runtime.sync_rank import Plan, SyncRank
 
 
 def build(spec: dict[str, Any]) -> list[Stage]:
@@ -76,28 +77,53 @@ class RepeatedBatch:
             yield self.x, self.y
 
 
-def run_dgl_rank(env: DistEnv, spec: dict[str, Any]) -> dict[str, Any]:
-    stage = build(spec)[env.rank]
-    step = StageStep(stage, settings().make_optimizer)
-    total, warmup = spec["warmup"] + spec["steps"], spec["warmup"]
-    plan = Plan((spec["batch_size"],) * total, (), spec["num_classes"], epochs=1, codec=spec.get("codec", "none"))
-    link = Link.for_rank(
-        env.rank, env.world_size, env.device, max_in_flight=spec["max_in_flight"], link_mbps=spec.get("link_mbps")
+class CodecMarks(RankHooks):
+    """Encode + decode seconds so far, after every step: the timed window's share excludes the
+    codec's one-time start (a vq codebook's k-means++ seeding on the first batch)."""
+
+    def __init__(self) -> None:
+        self.marks: list[float] = []
+
+    def on_step(self, rank: Any, start: float, end: float, *, trained: bool) -> None:
+        self.marks.append(rank.codec_s)
+
+
+def run_rank(env: DistEnv, spec: dict[str, Any], method: str = "dgl") -> dict[str, Any]:
+    """Rank k of ``method``'s pipeline (dgl, or the gradient methods dni, cdni, ddg, fr), built as
+    ``degl train --workers K`` builds it and fed one fixed batch for ``warmup + steps`` steps."""
+    step = make_step(
+        method,
+        build(spec)[env.rank],
+        num_stages=env.world_size,
+        num_classes=spec["num_classes"],
+        make_optimizer=settings().make_optimizer,
+        seed=spec["seed"],  # the synthesizers start as in the one-process run
+        device=env.device,
     )
-    rank = SyncRank(step, link, plan, rank=env.rank, world=env.world_size, train_batches=RepeatedBatch(*batch(spec)))
-    # Encode + decode seconds so far, after every step: the timed window's share excludes the
-    # codec's one-time start (a vq codebook's k-means++ seeding on the first batch).
-    codec_marks: list[float] = []
-    train = rank._train
-
-    def train_and_mark(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        out = train(x, y)
-        codec_marks.append(rank.codec_s)
-        return out
-
-    rank._train = train_and_mark  # type: ignore[method-assign]
+    total, warmup = spec["warmup"] + spec["steps"], spec["warmup"]
+    codec = spec.get("codec", "none")
+    plan = Plan((spec["batch_size"],) * total, (), spec["num_classes"], epochs=1, codec=codec)
+    link = make_link(
+        method,
+        env.rank,
+        env.world_size,
+        env.device,
+        max_in_flight=spec["max_in_flight"],
+        link_mbps=spec.get("link_mbps"),
+    )
+    marks = CodecMarks()
+    rank = make_rank(
+        method,
+        step,
+        link,
+        plan,
+        rank=env.rank,
+        world=env.world_size,
+        train_batches=RepeatedBatch(*batch(spec)),
+        hooks=[marks] if codec != "none" else [],
+    )
     rank.fit()
-    return rank_figures(rank, warmup, total, codec_marks)
+    return rank_figures(rank, warmup, total, marks.marks or None)
 
 
 def rank_figures(rank: SyncRank, warmup: int, total: int, codec_marks: list[float] | None = None) -> dict[str, Any]:
@@ -171,5 +197,5 @@ def run_mode(env: DistEnv, mode: str, spec: dict[str, Any]) -> dict[str, Any]:
     if mode == "single":
         return run_single(env, spec)
     if mode == "dgl":
-        return run_dgl_rank(env, spec)
+        return run_rank(env, spec)
     return run_pippy_rank(env, spec, mode)

@@ -40,6 +40,10 @@ class Position:
     epoch: int = 0
     step: int = 0
 
+    def resumed_step(self, phase: int, epoch: int) -> int:
+        """The first step to train in ``(phase, epoch)``: where a resumed run stopped in it, else 0."""
+        return self.step if (phase, epoch) == (self.phase, self.epoch) else 0
+
     def after_epoch(self, epochs_per_phase: int) -> Position:
         if self.epoch + 1 == epochs_per_phase:
             return Position(self.phase + 1, 0, 0)

@@ -35,11 +35,13 @@ Decisions (kept stable because trainers and tests rely on them):
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
 
-from degl.core.codec import Codec
+from degl.core.codec import Codec, buffer_codec
+from degl.data.loader import mix_seed
 from degl.errors import UserError
 
 POLICIES = ("priority_lifo", "fifo", "uniform")
@@ -341,3 +343,34 @@ class ReplayBuffer:
             setattr(self, name, int(state[name]))
         if self.generator is not None and "rng_state" in state:
             self.generator.set_state(state["rng_state"])
+
+
+@dataclass(frozen=True)
+class BufferOptions:
+    """How the replay buffers of one run are built (``--buffer``, ``--buffer-policy`` ... of ``degl train``)."""
+
+    capacity: int
+    policy: str = "priority_lifo"
+    max_reuse: int | None = None
+    storage: str = "device"
+    compat: str = "correct"
+    codec: str = "none"
+    """``--buffer-codec``: entries stored encoded with this codec spec."""
+
+
+def replay_buffer_for(options: BufferOptions, boundary: int, *, seed: int, device: torch.device) -> ReplayBuffer:
+    """The replay buffer after stage ``boundary`` (feeding stage ``boundary + 1``).
+
+    Its sampling generator and its codec are seeded by the run's seed and the boundary index alone,
+    so the one-process simulation and the rank that owns the boundary draw the same samples.
+    """
+    return ReplayBuffer(
+        options.capacity,
+        policy=options.policy,
+        max_reuse=options.max_reuse,
+        storage=options.storage,
+        device=device,
+        compat=options.compat,
+        generator=torch.Generator().manual_seed(mix_seed(seed, 0xB0, boundary)),
+        codec=buffer_codec(options.codec, seed, boundary),
+    )

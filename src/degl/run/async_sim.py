@@ -30,15 +30,14 @@ import torch
 from tqdm.auto import tqdm
 
 from degl.core.accounting import train_line
-from degl.core.codec import buffer_codec, evaluate_coded
-from degl.core.replay_buffer import ReplayBuffer
+from degl.core.codec import evaluate_coded
+from degl.core.replay_buffer import replay_buffer_for
 from degl.data.loader import mix_seed
-from degl.errors import UserError
 from degl.run import checkpoint
 from degl.run.config import check_slowdowns
-from degl.run.control import Interrupted, StopRequest, epoch_bar
+from degl.run.control import Interrupted, StopPolicy, StopRequest, epoch_bar
 from degl.run.runstate import EpochStats, Position, RunState
-from degl.run.setup import RunSetup
+from degl.run.setup import RunSetup, buffer_options
 
 
 class AsyncScheduler:
@@ -93,18 +92,9 @@ class AsyncSimTrainer:
             paper=cfg.buffer_compat == "paper",
             seed=cfg.seed,
         )
+        options = buffer_options(cfg)
         self.buffers = [
-            ReplayBuffer(
-                max(cfg.buffer, 1),
-                policy=cfg.buffer_policy,
-                max_reuse=cfg.max_reuse,
-                storage=cfg.buffer_storage,
-                device=setup.device,
-                compat=cfg.buffer_compat,
-                generator=torch.Generator().manual_seed(mix_seed(cfg.seed, 0xB0, k)),
-                codec=buffer_codec(cfg.buffer_codec, cfg.seed, k),
-            )
-            for k in range(self.num_stages - 1)
+            replay_buffer_for(options, k, seed=cfg.seed, device=setup.device) for k in range(self.num_stages - 1)
         ]
         self.steps = [0] * self.num_stages
         self.misses = [0] * self.num_stages
@@ -138,8 +128,8 @@ class AsyncSimTrainer:
         cfg, setup = self.cfg, self.setup
         per_epoch = len(setup.train_loader)
         budget = per_epoch * cfg.epochs
-        first_steps = self.steps[0]  # --max-steps counts stage 0's updates, as in the real runtime
-        with StopRequest() as stop, epoch_bar(cfg, cfg.epochs, self.global_epoch) as bar:
+        with StopRequest() as request, epoch_bar(cfg, cfg.epochs, self.global_epoch) as bar:
+            policy = StopPolicy(cfg.max_steps, request)  # counts stage 0's updates, as in the real runtime
             while min(self.steps) < budget:
                 stage = self.scheduler.next()
                 tick = time.perf_counter()
@@ -156,6 +146,8 @@ class AsyncSimTrainer:
                         self.staleness_sum[stage] += self.steps[stage - 1] - (info.step or 0)
                 if self.steps[stage] < budget:
                     out = self._train(stage, x, y, per_epoch)
+                    if stage == 0:
+                        policy.stepped()
                 else:
                     out = self._frozen_forward(stage, x)
                 if stage < self.num_stages - 1:
@@ -166,10 +158,9 @@ class AsyncSimTrainer:
                     self.global_epoch += 1
                     bar.update(1)
                     self._end_of_global_epoch(budget)
-                limit_hit = cfg.max_steps is not None and self.steps[0] - first_steps >= cfg.max_steps
-                if (limit_hit or stop.requested) and min(self.steps) < budget:
+                if policy.due and min(self.steps) < budget:
                     self.save_checkpoint(completed=False)
-                    if stop.requested:
+                    if policy.requested:
                         raise Interrupted(self.state.run_dir)
                     return self.state.summary(completed=False)
         return self.state.summary(completed=True)
@@ -265,11 +256,9 @@ class AsyncSimTrainer:
     def restore(self, path: Path, meta: dict[str, Any]) -> None:
         device = self.setup.device
         states = [checkpoint.load_stage(path, k, device) for k in range(self.num_stages)]
-        try:
+        with checkpoint.restoring(path, "is not an async-dgl checkpoint of this run"):
             self.method.load_stage_files(states, {})
             saved = meta["method_shared"]["async"]
-        except (RuntimeError, KeyError, ValueError) as exc:
-            raise UserError(f"checkpoint {path} is not an async-dgl checkpoint of this run: {exc}") from None
         for k, state in enumerate(states):
             self.stats[k].load_state_dict(state["epoch_stats"], device)
             if k < len(self.buffers):

@@ -21,6 +21,8 @@ import re
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -172,6 +174,16 @@ def load_meta(run_dir: Path, map_location: str | torch.device = "cpu") -> tuple[
     if meta.get("format") != 1 or "config" not in meta:
         raise UserError(f"{path / 'meta.pt'} is not a degl checkpoint (format {meta.get('format')!r})")
     return path, meta
+
+
+@contextmanager
+def restoring(path: Path, mismatch: str = "does not match this run's model") -> Iterator[None]:
+    """Loading a checkpoint's states into this run's objects: what goes wrong (a missing key, a
+    shape that differs) becomes one user-error line, ``checkpoint PATH <mismatch>: <first line>``."""
+    try:
+        yield
+    except (RuntimeError, KeyError, ValueError) as exc:
+        raise UserError(f"checkpoint {path} {mismatch}: {str(exc).splitlines()[0][:160]}") from None
 
 
 def load_stage(path: Path, index: int, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -38,6 +38,7 @@ from degl.run.control import Interrupted
 from degl.run.rundir import write_json
 from degl.run.train import resume, train
 from degl.runtime.dist import default_threads
+from degl.runtime.stopping import signals_handled
 
 
 def parse_list(text: str, *, what: str, cast=str) -> list:
@@ -101,13 +102,12 @@ class _StopChildren:
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous: dict[int, Any] = {}
+        self._handled: Any = None
 
     def __enter__(self) -> _StopChildren:
         _STOPPING.clear()
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
+        self._handled = signals_handled(self._handle)
+        self._handled.__enter__()
         return self
 
     def _handle(self, signum: int, frame: object) -> None:
@@ -119,8 +119,7 @@ class _StopChildren:
                     child.send_signal(signal.SIGTERM)
 
     def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+        self._handled.__exit__(*exc)
 
 
 def run_in_subprocess(cfg: TrainConfig) -> dict[str, Any]:

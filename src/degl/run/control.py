@@ -7,9 +7,10 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from degl.run.config import TrainConfig
-from degl.runtime.control import StopRequest, progress_bar
+from degl.runtime.control import progress_bar
+from degl.runtime.stopping import StopPolicy, StopRequest
 
-__all__ = ["Interrupted", "StopRequest", "epoch_bar", "step_bar"]
+__all__ = ["Interrupted", "StopPolicy", "StopRequest", "epoch_bar", "step_bar"]
 
 
 class Interrupted(Exception):

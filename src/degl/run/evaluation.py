@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from degl.core.evaluate import evaluate
-from degl.errors import UserError
 from degl.run import checkpoint
 from degl.run.config import TrainConfig, make_config
 from degl.run.setup import RunSetup, build_setup
@@ -39,10 +38,8 @@ def load_run(run_dir: Path, *, device: str | None = None, data_dir: str | None =
     cfg = make_config(values)
     setup = build_setup(cfg)
     for index, stage in enumerate(setup.stages):
-        try:
+        with checkpoint.restoring(path, "does not match its config"):
             stage.load_state_dict(checkpoint.load_stage(path, index, setup.device)["model"])
-        except RuntimeError as exc:
-            raise UserError(f"checkpoint {path} does not match its config: {str(exc).splitlines()[0][:160]}") from None
     phase = min(int(meta["position"]["phase"]), setup.method.num_phases - 1)
     return LoadedRun(Path(run_dir), path, meta, setup, sorted(setup.method.evaluated_stages(phase)))
 

@@ -22,14 +22,11 @@ import torch
 import torch.distributed as dist
 
 from degl.core.accounting import EpochStats, Position
-from degl.core.alternatives import make_gradient_step
-from degl.core.codec import buffer_codec, check_codec, parse_codec
-from degl.core.replay_buffer import ReplayBuffer
+from degl.core.codec import check_codec, parse_codec
 from degl.core.step import Precision, StageStep
-from degl.data.loader import mix_seed
 from degl.errors import UserError
 from degl.run import checkpoint
-from degl.run.config import GRADIENT_METHODS, INVOCATION_KEYS, TrainConfig, check_slowdowns, refuse_inapplicable
+from degl.run.config import INVOCATION_KEYS, TrainConfig, check_slowdowns, refuse_inapplicable
 from degl.run.rundir import (
     check_new_run_dir,
     claim_new_run_dir,
@@ -39,22 +36,32 @@ from degl.run.rundir import (
     release_run_dir,
 )
 from degl.run.runstate import RunState, format_summary
-from degl.run.setup import configure_torch, load_data, loaders, make_stages, optim_settings, prepare_stage, resolve_cuts
+from degl.run.setup import (
+    buffer_options,
+    configure_torch,
+    load_data,
+    loaders,
+    make_stages,
+    optim_settings,
+    prepare_stage,
+    resolve_cuts,
+)
 from degl.run.train import create_run_dir
-from degl.runtime.async_rank import AsyncRank
-from degl.runtime.control import IgnoreSignals, ProgressBoard, StepBar, StopRequest
-from degl.runtime.dist import DistEnv, staging_device
-from degl.runtime.gradient_rank import GradientLink, GradientRank
+from degl.runtime.build import PIPELINE_METHODS, make_link, make_rank, make_step
+from degl.runtime.control import ProgressBoard, StepBar
+from degl.runtime.dist import DistEnv
+from degl.runtime.hooks import ProgressHooks, RankHooks
 from degl.runtime.launch import PEER_FAILED, STOPPED, failures, log, setup_rank, start, watch
-from degl.runtime.sync_rank import Link, Plan, SyncRank
-from degl.runtime.trace import TRACE_FILE, Tracer
+from degl.runtime.stopping import IgnoreSignals, StopPolicy, StopRequest
+from degl.runtime.sync_rank import Plan, SyncRank
+from degl.runtime.trace import TRACE_FILE, TraceHooks, Tracer
 from degl.runtime.transport import PeerError
 
 IDLE_HINT = 0.25  # a rank waiting more than this for its input is worth a note
 
 
 def check_pipeline_config(cfg: TrainConfig, world_size: int) -> None:
-    if cfg.method not in ("dgl", "async-dgl", *GRADIENT_METHODS):
+    if cfg.method not in PIPELINE_METHODS:
         raise UserError(
             f"the multi-process pipeline runs --method dgl, async-dgl, dni, cdni, ddg or fr, not {cfg.method}; "
             "drop --workers to train it in one process"
@@ -226,8 +233,9 @@ class RunRecorder:
 
 def build_rank(
     cfg: TrainConfig, env: DistEnv, info: PipelineInfo, data: Any, board: ProgressBoard | None = None
-) -> tuple[SyncRank, RunRecorder]:
-    """This rank's loop and recorder, from the config and rank 0's :class:`PipelineInfo`.
+) -> tuple[SyncRank, RunRecorder, Tracer | None]:
+    """This rank's loop, its recorder and its tracer (``--trace``), from the config and rank 0's
+    :class:`PipelineInfo`.
 
     ``board``: the local ranks' shared progress figures (``--workers K``), for rank 0's progress bar.
     """
@@ -241,24 +249,19 @@ def build_rank(
     precision = Precision(
         cfg.precision, device, init_scale=cfg.loss_scale_init, growth_interval=cfg.loss_scale_growth_interval
     )
-    step_options = {"precision": precision, "device": device, "reset_at_decay": cfg.reset_at_decay}
-    link_options = {"max_in_flight": cfg.max_in_flight, "staging": staging_device(device)}
-    gradients = cfg.method in GRADIENT_METHODS
-    if gradients:
-        step: StageStep = make_gradient_step(
-            cfg.method,
-            stage,
-            num_stages=env.world_size,
-            num_classes=plan.num_classes,
-            seed=cfg.seed,
-            make_optimizer=settings.make_optimizer,
-            make_scheduler=settings.make_scheduler,
-            **step_options,
-        )
-        link: Link = GradientLink.for_gradients(env.rank, env.world_size, device, **link_options)
-    else:
-        step = StageStep(stage, settings.make_optimizer, scheduler=settings.make_scheduler, **step_options)
-        link = Link.for_rank(env.rank, env.world_size, device, **link_options)
+    step = make_step(
+        cfg.method,
+        stage,
+        num_stages=env.world_size,
+        num_classes=plan.num_classes,
+        make_optimizer=settings.make_optimizer,
+        make_scheduler=settings.make_scheduler,
+        seed=cfg.seed,
+        precision=precision,
+        device=device,
+        reset_at_decay=cfg.reset_at_decay,
+    )
+    link = make_link(cfg.method, env.rank, env.world_size, device, max_in_flight=cfg.max_in_flight)
     state = None
     describe = RunState.describe_stages([stage])[0]
     if env.is_first:
@@ -278,32 +281,30 @@ def build_rank(
         "recorder": recorder,
         "slowdown": check_slowdowns(cfg.slowdown, env.world_size).get(env.rank, 1.0),
         "progress": cfg.progress and env.is_first,
-        "tracer": Tracer(env.rank) if cfg.trace else None,
         "board": board if cfg.progress else None,
     }
-    if gradients:
-        return GradientRank(step, link, plan, timeout_s=cfg.fault_timeout, **options), recorder  # type: ignore[arg-type]
-    if cfg.method != "async-dgl" or cfg.buffer == 0:  # --buffer 0: the synchronous pipeline, as --method dgl
-        return SyncRank(step, link, plan, **options), recorder
-    buffer = None
-    if not env.is_first:
-        buffer = ReplayBuffer(
-            cfg.buffer,
-            policy=cfg.buffer_policy,
-            max_reuse=cfg.max_reuse,
-            storage=cfg.buffer_storage,
-            device=device,
-            compat=cfg.buffer_compat,
-            generator=torch.Generator().manual_seed(mix_seed(cfg.seed, 0xB0, env.rank)),
-            codec=buffer_codec(cfg.buffer_codec, cfg.seed, env.rank - 1),
-        )
-    if cfg.progress and env.is_first:  # the asynchronous loop draws no bar of its own
+    asynchronous = cfg.method == "async-dgl" and cfg.buffer > 0  # --buffer 0: the synchronous pipeline
+    tracer = Tracer(env.rank) if cfg.trace else None
+    hooks: list[RankHooks] = [TraceHooks(tracer)] if tracer is not None else []
+    step_bar = None
+    if asynchronous and cfg.progress and env.is_first:  # the asynchronous loop draws no bar of its own
         total = plan.epochs * plan.steps_per_epoch
-        options["step_bar"] = StepBar(min(total, cfg.max_steps or total), plan.train_sizes[0], options["board"])
-    rank = AsyncRank(
-        step, link, plan, buffer=buffer, queue_depth=cfg.max_in_flight, timeout_s=cfg.fault_timeout, **options
+        step_bar = StepBar(min(total, cfg.max_steps or total), plan.train_sizes[0], options["board"])
+    if options["board"] is not None or step_bar is not None:
+        hooks.append(ProgressHooks(options["board"], step_bar))
+    rank = make_rank(
+        cfg.method,
+        step,
+        link,
+        plan,
+        buffers=buffer_options(cfg) if asynchronous else None,
+        seed=cfg.seed,
+        queue_depth=cfg.max_in_flight,
+        timeout_s=cfg.fault_timeout,
+        hooks=hooks,
+        **options,
     )
-    return rank, recorder
+    return rank, recorder, tracer
 
 
 def _fingerprint(cfg: TrainConfig) -> str:
@@ -348,28 +349,30 @@ def run_rank(cfg: TrainConfig, resume_dir: Path | None, print_summary: bool, boa
                 "degl: error: the ranks were started with different options; start them all with the same command line",
                 2,
             )
-        rank, recorder = build_rank(replace(cfg, cuts=info.recorded_cuts), env, info, data, board)
+        rank, recorder, tracer = build_rank(replace(cfg, cuts=info.recorded_cuts), env, info, data, board)
         if resume_dir is not None:
             problem = None
             try:
                 path, meta = checkpoint.load_meta(resume_dir)
-                rank.restore(checkpoint.load_stage(path, env.rank, env.device), meta)
-                if recorder.state is not None:
-                    recorder.state.restore(meta)
-            except (UserError, RuntimeError, KeyError) as exc:
-                problem = f"rank {env.rank}: cannot resume from {resume_dir}: {str(exc).splitlines()[0][:200]}"
+                with checkpoint.restoring(path):
+                    rank.restore(checkpoint.load_stage(path, env.rank, env.device), meta)
+                    if recorder.state is not None:
+                        recorder.state.restore(meta)
+            except UserError as exc:
+                problem = f"rank {env.rank}: cannot resume from {resume_dir}: {exc}"
             problem = _agree(env, problem)
             if problem:
                 return _quit(env, f"degl: error: {problem}", 2)
             if rank.position.phase >= 1:
                 return _quit(env, f"degl: {resume_dir} is already complete ({rank.global_step} steps)", 0)
         message = "stopping the pipeline after this step and writing a checkpoint"
-        rank.tracer.start()  # a barrier when tracing: the ranks' common time origin
+        if tracer is not None:
+            tracer.start()  # a barrier: the ranks' common time origin
         with StopRequest(message) if env.is_first else IgnoreSignals() as stop:
-            stopped = rank.fit(max_steps=cfg.max_steps, stop=stop)
+            stopped = rank.fit(StopPolicy(cfg.max_steps, stop))
         interrupted = stopped and stop.requested
-        if cfg.trace:
-            trace = rank.tracer.gather(env.world_size)
+        if tracer is not None:
+            trace = tracer.gather(env.world_size)
             if trace is not None:
                 text = json.dumps(trace, separators=(",", ":"))
                 checkpoint.atomic_write_bytes(Path(info.run_dir) / TRACE_FILE, text.encode())

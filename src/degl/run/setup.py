@@ -15,6 +15,7 @@ import torch
 from degl.core.accounting import set_nonfinite_policy
 from degl.core.methods import Method, build_method
 from degl.core.optim import OptimSettings
+from degl.core.replay_buffer import BufferOptions
 from degl.core.split import build_stages
 from degl.core.stage import Stage
 from degl.data import BatchLoader, Dataset, load_dataset
@@ -89,6 +90,18 @@ def check_async_options(cfg: TrainConfig, num_stages: int, *, processes: int = 1
     check_slowdowns(cfg.slowdown, num_stages)
     if cfg.slowdown and cfg.method != "async-dgl" and processes == 1:
         raise UserError("--slowdown applies to --method async-dgl, or to runs with --workers")
+
+
+def buffer_options(cfg: TrainConfig) -> BufferOptions:
+    """The run's replay buffers as ``--buffer``, ``--buffer-policy`` ... describe them (capacity at least 1)."""
+    return BufferOptions(
+        max(cfg.buffer, 1),
+        policy=cfg.buffer_policy,
+        max_reuse=cfg.max_reuse,
+        storage=cfg.buffer_storage,
+        compat=cfg.buffer_compat,
+        codec=cfg.buffer_codec,
+    )
 
 
 def resolve_cuts(cfg: TrainConfig, data: Dataset) -> TrainConfig:

@@ -21,7 +21,7 @@ from degl.data.base import BatchLoader
 from degl.errors import UserError
 from degl.run import checkpoint
 from degl.run.config import TrainConfig
-from degl.run.control import Interrupted, StopRequest, epoch_bar, step_bar
+from degl.run.control import Interrupted, StopPolicy, StopRequest, epoch_bar, step_bar
 from degl.run.rundir import (
     check_new_run_dir,
     claim_new_run_dir,
@@ -59,12 +59,8 @@ class Trainer:
         stage_states = [checkpoint.load_stage(path, i, device) for i in range(len(self.setup.stages))]
         if meta["num_stages"] != len(self.setup.stages):
             raise UserError(f"checkpoint {path} has {meta['num_stages']} stages, this run {len(self.setup.stages)}")
-        try:
+        with checkpoint.restoring(path):
             self.method.load_stage_files(stage_states, meta["method_shared"])
-        except (RuntimeError, KeyError, ValueError) as exc:
-            raise UserError(
-                f"checkpoint {path} does not match this run's model: {str(exc).splitlines()[0][:160]}"
-            ) from None
         self.state.restore(meta)
         self.stats.load_state_dict(meta["epoch_stats"], device)
 
@@ -88,22 +84,21 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         cfg, method, state = self.cfg, self.method, self.state
-        steps_here = 0
         start = state.position
         device = self.setup.device
         with (
-            StopRequest() as stop,
+            StopRequest() as request,
             epoch_bar(cfg, method.num_phases * cfg.epochs, start.phase * cfg.epochs + start.epoch) as epochs_bar,
         ):
+            policy = StopPolicy(cfg.max_steps, request)
             for phase in range(start.phase, method.num_phases):
                 method.start_phase(phase)
                 tick = time.perf_counter()
                 loader, step_options = self._phase_loader(phase)
                 state.train_time_s += time.perf_counter() - tick  # filling sgl's feature cache is training work
                 for epoch in range(start.epoch if phase == start.phase else 0, cfg.epochs):
-                    resumed_mid_epoch = (phase, epoch) == (start.phase, start.epoch) and start.step > 0
-                    first_step = start.step if resumed_mid_epoch else 0
-                    if not resumed_mid_epoch:
+                    first_step = start.resumed_step(phase, epoch)
+                    if first_step == 0:
                         self.stats.reset(method.trained_stages(phase), device)
                     state.position = Position(phase, epoch, first_step)
                     seed_epoch = phase * cfg.epochs + epoch
@@ -115,15 +110,14 @@ class Trainer:
                                 torch.cuda.synchronize(device)
                             state.train_time_s += time.perf_counter() - tick
                             state.global_step += 1
-                            steps_here += 1
+                            policy.stepped()
                             state.position.step = step + 1
                             bar.update(1)
                             if step % 20 == 0 or step + 1 == len(loader):
                                 bar.set_postfix_str(self._postfix(), refresh=False)
-                            limit_hit = cfg.max_steps is not None and steps_here >= cfg.max_steps
-                            if (limit_hit or stop.requested) and step + 1 < len(loader):
+                            if policy.due and step + 1 < len(loader):
                                 self._finish_epoch()
-                                return self._stop(stop.requested)
+                                return self._stop(policy.requested)
                     self._finish_epoch()
                     self.end_of_epoch(phase, epoch)
                     state.position = state.position.after_epoch(cfg.epochs)
@@ -131,9 +125,8 @@ class Trainer:
                     finished = state.position.phase == method.num_phases
                     self.save_checkpoint()
                     state.write_summary(completed=finished)
-                    limit_hit = cfg.max_steps is not None and steps_here >= cfg.max_steps
-                    if (limit_hit or stop.requested) and not finished:
-                        return self._stop(stop.requested)
+                    if policy.due and not finished:
+                        return self._stop(policy.requested)
         return state.write_summary(completed=True)
 
     def _finish_epoch(self) -> None:

@@ -33,7 +33,8 @@ import torch.distributed as dist
 from degl.core.accounting import Position, train_line
 from degl.core.evaluate import EvalResult
 from degl.core.replay_buffer import ReplayBuffer
-from degl.runtime.sync_rank import DATA, DONE, NeverStop, SyncRank, pack, unpack
+from degl.runtime.stopping import StopPolicy
+from degl.runtime.sync_rank import DATA, DONE, SyncRank, pack, unpack
 from degl.runtime.transport import BackgroundInbox, PeerError
 
 RELEASE_TAG = 7  # the backward "release" message; forward messages use tag 0
@@ -127,7 +128,7 @@ class AsyncRank(SyncRank):
 
     # ------------------------------------------------------------------ one update / one forward
     def _train_and_send(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        out = self._train(x, y)
+        out = self.train_step(x, y)
         self.steps += 1
         self.global_step = self.steps
         self.timing.mark((self.recv_wait_s, self.link.waits()[1]))
@@ -152,11 +153,12 @@ class AsyncRank(SyncRank):
 
     def _serve(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """A frozen rank's forward for the ranks after it (a slowed rank is slow here too)."""
-        tick = time.perf_counter()
+        before, tick = self.timing.compute, time.perf_counter()
         for _ in range(1 + self._extra_work()):
             out = self.step_obj.features(x)
         self._sync()
         self.timing.compute += time.perf_counter() - tick
+        self._stepped(tick, before, trained=False)
         self.served += 1
         self._send(out, y)
 
@@ -171,25 +173,25 @@ class AsyncRank(SyncRank):
             self._release = dist.isend(flag, self.rank - 1, group=self._release_group, tag=RELEASE_TAG)
 
     # ------------------------------------------------------------------ rank 0
-    def _produce(self, stop: Any, max_steps: int | None) -> bool:
+    def _produce(self, policy: StopPolicy) -> bool:
         """Train on the data, then serve forward until released; True when stopped early."""
         assert self.train_batches is not None
-        limit = max_steps if max_steps is not None else -1
         epoch, batches, left = 0, None, 0
         while not (self.finished and self.released):
-            if stop.requested or (not self.finished and self.steps == limit):
+            if policy.requested or (not self.finished and policy.budget_spent):
                 return True
             if left == 0:  # past the last epoch a frozen rank 0 keeps reading the data, reshuffled
                 batches, left = self.train_batches.epoch(epoch, 0), self.plan.steps_per_epoch
                 epoch += 1
             tick = time.perf_counter()
             x, y = next(batches)  # type: ignore[call-overload]
-            self.timing.data += time.perf_counter() - tick
+            self._took_data(tick)
             left -= 1
             if self.finished:
                 self._serve(x, y)
             else:
                 self._train_and_send(x, y)
+                policy.stepped()
         return False
 
     # ------------------------------------------------------------------ ranks 1..K-1
@@ -235,10 +237,10 @@ class AsyncRank(SyncRank):
             self._train_and_send(x, y)
 
     # ------------------------------------------------------------------ the run
-    def fit(self, *, max_steps: int | None = None, stop: Any = None) -> bool:
+    def fit(self, policy: StopPolicy | None = None) -> bool:
         """Train every rank's budget (or until stopped); evaluate; return True when stopped early."""
         first = self.rank == 0
-        stop = stop if stop is not None else NeverStop()
+        policy = policy if policy is not None else StopPolicy()
         self.stats.reset([self.rank], self.device)
         self._start = time.perf_counter()
         # Collective: every rank creates the group, in the same order. gloo: the flags live on the CPU.
@@ -246,7 +248,7 @@ class AsyncRank(SyncRank):
         if self.rank < self.world - 1:
             self._listener = ReleaseListener(self.rank + 1, self._release_group)
         if first:
-            self._produce(stop, max_steps)
+            self._produce(policy)
         else:
             receiver = BackgroundInbox(
                 self.rank - 1,
@@ -258,7 +260,7 @@ class AsyncRank(SyncRank):
                 staging=self.link.inbox.staging if self.link.inbox is not None else None,
                 link_mbps=self.link.inbox.link_mbps if self.link.inbox is not None else None,
             )
-            self.tracer.watch(receiver)  # --trace: its blocking waits become "recv wait" spans
+            self.watch(receiver, "recv wait")  # --trace: its blocking waits become "recv wait" spans
             self._consume(receiver)
             receiver.join()
             self.recv_wait_s = receiver.wait_s
@@ -271,16 +273,16 @@ class AsyncRank(SyncRank):
         if self._release is not None:
             self._release.wait()
         dist.destroy_process_group(self._release_group)
-        evaluation = self.evaluate()
+        evaluation = self._phase("eval", self.evaluate)
         # Ranks did different numbers of steps; the checkpoint is named after rank 0's.
         shared = [self.steps]
         dist.broadcast_object_list(shared, src=0)
         self.global_step = shared[0]
-        reports = self.save_and_gather(evaluation)
+        reports = self._phase("epoch end", self.save_and_gather, evaluation)
         outcome: list[Any] = [None]
         if first:
             assert reports is not None
-            completed = all(r["steps"] >= self.budget for r in reports) and not stop.requested
+            completed = all(r["steps"] >= self.budget for r in reports) and not policy.requested
             self.position = Position(1, 0, 0) if completed else Position(0, self.plan.epochs, 0)
             self.history.append({"epoch": self.plan.epochs, "reports": reports})
             if self.recorder is not None:

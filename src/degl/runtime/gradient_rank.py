@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from degl.core.gradient_steps import GradientStep
+from degl.runtime.stopping import StopPolicy
 from degl.runtime.sync_rank import DATA, DONE, Link, Plan, SyncRank
 from degl.runtime.transport import BackgroundInbox, Outbox, TensorSpec
 
@@ -76,8 +77,8 @@ class GradientRank(SyncRank):
         self.timeout_s = timeout_s
         self.scored = self.rank == self.world - 1  # only the last stage has a loss of its own
         self.sent = 0  # gradients sent back in this invocation
-        if self.tracer.enabled and link.grad_outbox is not None:
-            self.tracer.watch(link.grad_outbox, "send wait")
+        if link.grad_outbox is not None:
+            self.watch(link.grad_outbox, "send wait")
 
     def grad_spec(self, index: int, shape: tuple[int, ...]) -> list[TensorSpec]:
         """The ``index``-th gradient message of this invocation (batches in order from the start)."""
@@ -99,8 +100,7 @@ class GradientRank(SyncRank):
             staging=self.link.staging,
             link_mbps=self.link.link_mbps,
         )
-        if self.tracer.enabled:
-            self.tracer.watch(self.link.grad_inbox, "recv wait")
+        self.watch(self.link.grad_inbox, "recv wait")
 
     def _take_gradient(self) -> torch.Tensor:
         assert self.link.grad_inbox is not None
@@ -151,8 +151,8 @@ class GradientRank(SyncRank):
         self._sync()
         self.timing.compute += time.perf_counter() - tick - (sum(self.link.waits()) - waited)
 
-    def train_epoch_first(self, epoch: int, first_step: int, stop: Any, budget: list[int]) -> bool:
-        stopped = super().train_epoch_first(epoch, first_step, stop, budget)
+    def train_epoch_first(self, epoch: int, first_step: int, policy: StopPolicy) -> bool:
+        stopped = super().train_epoch_first(epoch, first_step, policy)
         self._finish_epoch()
         return stopped
 
@@ -161,9 +161,9 @@ class GradientRank(SyncRank):
         self._finish_epoch()
         return stopped
 
-    def fit(self, *, max_steps: int | None = None, stop: Any = None) -> bool:
+    def fit(self, policy: StopPolicy | None = None) -> bool:
         self._open_gradients()
-        stopped = super().fit(max_steps=max_steps, stop=stop)
+        stopped = super().fit(policy)
         self._send_back(None, DONE)
         if self.link.grad_outbox is not None:
             self.link.grad_outbox.flush()

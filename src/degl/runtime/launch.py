@@ -29,6 +29,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from degl.runtime.dist import DistEnv, default_threads, device_for, dist_env, free_port, init_process_group, pin_cpus
+from degl.runtime.stopping import signals_handled
 from degl.runtime.transport import PeerError
 
 PEER_FAILED = 3  # exit status of a rank that stopped because a neighbour failed
@@ -112,10 +113,9 @@ def watch(context: mp.ProcessContext, fault_timeout: float, on_tick: Callable[[]
                 if proc.exitcode is None:
                     proc.kill()
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     deadline = None
     stopped_by_launcher: set[int] = set()
-    try:
+    with signals_handled(on_signal):
         while True:
             if on_tick is not None:
                 on_tick()
@@ -136,9 +136,6 @@ def watch(context: mp.ProcessContext, fault_timeout: float, on_tick: Callable[[]
                         proc.kill()
                 deadline = float("inf")
             time.sleep(0.05)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def failures(codes: Sequence[int]) -> str | None:

@@ -9,22 +9,20 @@ run directory: the reports come back as :attr:`PipelineResult.history`.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from degl.core.alternatives import GRADIENT_METHODS, make_gradient_step
-from degl.core.replay_buffer import ReplayBuffer
+from degl.core.replay_buffer import BufferOptions
 from degl.core.stage import Stage, head_classes
 from degl.core.step import LossFn, StageStep
-from degl.runtime.async_rank import AsyncRank
-from degl.runtime.control import IgnoreSignals, StopRequest
-from degl.runtime.dist import DistEnv, staging_device
-from degl.runtime.gradient_rank import GradientLink, GradientRank
-from degl.runtime.sync_rank import BatchSource, Link, Plan, SyncRank
+from degl.runtime.build import check_pipeline_method, make_link, make_rank, make_step
+from degl.runtime.dist import DistEnv
+from degl.runtime.stopping import IgnoreSignals, StopPolicy, StopRequest
+from degl.runtime.sync_rank import BatchSource, Plan
 
 
 class IterableSource:
@@ -75,12 +73,12 @@ class PipelineResult:
 def train_stage(
     env: DistEnv,
     stages: Sequence[Stage],
-    optimizer: Any,
+    make_optimizer: Callable[..., torch.optim.Optimizer],
     *,
     train_batches: Any = None,
     test_batches: Any = None,
     epochs: int = 1,
-    scheduler: Any = None,
+    make_scheduler: Callable[..., Any] | None = None,
     loss_fn: LossFn | None = None,
     precision: str = "fp32",
     max_in_flight: int = 2,
@@ -97,43 +95,43 @@ def train_stage(
     Args:
         env: from :func:`degl.launch` (or ``setup_rank`` under torchrun).
         stages: all K stages, built identically on every rank (seed first); K = world size.
-        optimizer: ``f(params) -> optimizer`` (each rank builds its stage's own).
+        make_optimizer: ``f(params) -> optimizer`` (each rank builds its stage's own), as :class:`degl.DGL`'s.
         train_batches, test_batches: rank 0's data (degl loader, DataLoader or list of batches);
             ignored on the other ranks. Without ``test_batches`` nothing is evaluated.
-        scheduler: ``f(optimizer) -> lr scheduler``, stepped every training step.
+        make_scheduler: ``f(optimizer) -> lr scheduler``, stepped every training step.
         method: ``dgl`` (synchronous, bit-identical to :class:`degl.DGL`), ``async-dgl`` (replay
             buffers of ``buffer_size`` batches between ranks, each reused at most ``max_reuse`` times),
             or one of the alternatives ``dni``, ``cdni``, ``ddg``, ``fr`` (gradients flow back between
             ranks; bit-identical to :class:`degl.GradientMethod`; only the last stage has a loss).
-        seed: seeds the DNI/cDNI synthesizers (use the same on every rank, and in one process).
+        seed: seeds the DNI/cDNI synthesizers and the replay buffers (the same on every rank, and in one process).
         slowdown: make this rank emulate a device that many times slower (it repeats each step's
             work without effect; e.g. ``3.0 if env.rank == 1 else 1.0``).
+
+    Returns:
+        a :class:`PipelineResult`: this rank's trained step, and on rank 0 every epoch's reports
+        (``result.test_acc()``: the last epoch's test accuracy of every stage).
     """
     if len(stages) != env.world_size:
         raise ValueError(
             f"{len(stages)} stages for {env.world_size} processes: the pipeline runs one stage per process"
         )
-    if method not in ("dgl", "async-dgl", *GRADIENT_METHODS):
-        raise ValueError(f"method must be one of dgl, async-dgl, {', '.join(GRADIENT_METHODS)}; got {method!r}")
+    check_pipeline_method(method)
     if env.rank == 0 and train_batches is None:
         raise ValueError("rank 0 needs train_batches")
     device = env.device
-    stage = stages[env.rank].to(device)
     num_classes = head_classes(stages[-1])
-    step_options = {"loss_fn": loss_fn, "precision": precision, "device": device}
-    if method in GRADIENT_METHODS:
-        step: StageStep = make_gradient_step(
-            method,
-            stage,
-            num_stages=len(stages),
-            num_classes=num_classes,
-            seed=seed,
-            make_optimizer=optimizer,
-            make_scheduler=scheduler,
-            **step_options,
-        )
-    else:
-        step = StageStep(stage, optimizer, scheduler=scheduler, **step_options)
+    step = make_step(
+        method,
+        stages[env.rank].to(device),
+        num_stages=len(stages),
+        num_classes=num_classes,
+        make_optimizer=make_optimizer,
+        make_scheduler=make_scheduler,
+        seed=seed,
+        precision=precision,
+        device=device,
+        loss_fn=loss_fn,
+    )
     plan: list[Any] = [None]
     if env.rank == 0:
         eval_sizes = batch_sizes(test_batches, "test_batches") if test_batches is not None else ()
@@ -142,27 +140,23 @@ def train_stage(
     source: BatchSource | None = None
     if env.rank == 0:
         source = train_batches if hasattr(train_batches, "epoch") else IterableSource(train_batches, device)
-    link_options = {"max_in_flight": max_in_flight, "staging": staging_device(device)}
-    gradients = method in GRADIENT_METHODS
-    maker = GradientLink.for_gradients if gradients else Link.for_rank
-    link = maker(env.rank, env.world_size, device, **link_options)
-    options: dict[str, Any] = {
-        "rank": env.rank,
-        "world": env.world_size,
-        "train_batches": source,
-        "test_batches": _OnDevice(test_batches, device) if env.rank == 0 and test_batches is not None else None,
-        "progress": progress,
-        "slowdown": slowdown,
-    }
-    if gradients:
-        rank: SyncRank = GradientRank(step, link, plan[0], **options)  # type: ignore[arg-type]
-    elif method == "dgl":
-        rank = SyncRank(step, link, plan[0], **options)
-    else:
-        buffer = ReplayBuffer(buffer_size, max_reuse=max_reuse, device=device) if env.rank > 0 else None
-        rank = AsyncRank(step, link, plan[0], buffer=buffer, queue_depth=max_in_flight, **options)
+    rank = make_rank(
+        method,
+        step,
+        make_link(method, env.rank, env.world_size, device, max_in_flight=max_in_flight),
+        plan[0],
+        rank=env.rank,
+        world=env.world_size,
+        buffers=BufferOptions(buffer_size, max_reuse=max_reuse) if method == "async-dgl" else None,
+        seed=seed,
+        queue_depth=max_in_flight,
+        train_batches=source,
+        test_batches=_OnDevice(test_batches, device) if env.rank == 0 and test_batches is not None else None,
+        progress=progress,
+        slowdown=slowdown,
+    )
     with StopRequest("stopping the pipeline after this step") if env.rank == 0 else IgnoreSignals() as stop:
-        stopped = rank.fit(max_steps=max_steps, stop=stop)
+        stopped = rank.fit(StopPolicy(max_steps, stop))
     return PipelineResult(step, stopped, rank.history)
 
 

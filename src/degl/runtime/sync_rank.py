@@ -21,7 +21,7 @@ A STOP (a step budget or Ctrl-C on rank 0) replaces a train message and travels 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -32,8 +32,9 @@ from degl.core.accounting import EpochStats, Position
 from degl.core.codec import build_codec
 from degl.core.evaluate import EvalAccumulator, EvalResult, ensemble_weight
 from degl.core.step import StageStep
-from degl.runtime.control import ProgressBoard, StepBar, progress_bar, progress_note, slowest_in_reports
-from degl.runtime.trace import NULL_TRACER, Tracer, instrument
+from degl.runtime.control import ProgressBoard, progress_bar, progress_note, slowest_in_reports
+from degl.runtime.hooks import RankHooks
+from degl.runtime.stopping import StopPolicy
 from degl.runtime.transport import Inbox, Outbox, TensorSpec
 
 DATA, STOP, DONE = 0, 1, 2
@@ -170,9 +171,9 @@ class SyncRank:
         slowdown: emulate a slower device: every step's work is done that many times on average
             (the repeats change nothing; see :meth:`StageStep.rehearse`).
         progress: show a progress bar (rank 0).
-        tracer: records this rank's timeline (``--trace``); ``None``: nothing is recorded.
         board: the local ranks' shared progress figures, shown in rank 0's bar.
-        step_bar: a step bar fed from every training step, for loops that draw none (async rank 0).
+        hooks: observers of the loop (:mod:`degl.runtime.hooks`): ``--trace``'s timeline, the
+            progress board, a benchmark's marks.
     """
 
     def __init__(
@@ -188,9 +189,8 @@ class SyncRank:
         recorder: Recorder | None = None,
         slowdown: float = 1.0,
         progress: bool = False,
-        tracer: Tracer | None = None,
         board: ProgressBoard | None = None,
-        step_bar: StepBar | None = None,
+        hooks: Sequence[RankHooks] = (),
     ) -> None:
         if rank == 0 and train_batches is None:
             raise ValueError("rank 0 needs train_batches")
@@ -216,8 +216,14 @@ class SyncRank:
         self.history: list[dict[str, Any]] = []
         self.scored = True
         """Whether this rank's head is trained and scored (not for the inner stages of dni/ddg/fr)."""
-        self.tracer, self.board = tracer or NULL_TRACER, board
-        instrument(self, self.tracer, board, step_bar)  # wraps a few methods, only when something is on
+        self.board = board
+        self.hooks = tuple(hooks)
+        for hook in self.hooks:
+            hook.attach(self)
+        if link.inbox is not None:
+            self.watch(link.inbox, "recv wait")
+        if link.outbox is not None:
+            self.watch(link.outbox, "send wait")
 
     @property
     def in_shape(self) -> tuple[int, ...]:
@@ -226,6 +232,33 @@ class SyncRank:
     @property
     def out_shape(self) -> tuple[int, ...]:
         return tuple(self.step_obj.stage.out_shape)
+
+    # ------------------------------------------------------------------ hooks
+    def watch(self, transport: Any, name: str) -> None:
+        """Tell the hooks of ``transport``'s blocking waits (nothing is installed without hooks)."""
+        if self.hooks:
+            transport.on_wait = lambda start, end: [hook.on_wait(self, name, start, end) for hook in self.hooks]
+
+    def _stepped(self, start: float, compute_before: float, *, trained: bool) -> None:
+        if self.hooks:
+            end = start + self.timing.compute - compute_before
+            for hook in self.hooks:
+                hook.on_step(self, start, end, trained=trained)
+
+    def _phase(self, name: str, work: Callable[..., Any], *args: Any) -> Any:
+        """``work(*args)``, told to the hooks as phase ``name`` (``eval``, ``epoch end``)."""
+        tick = time.perf_counter()
+        try:
+            return work(*args)
+        finally:
+            for hook in self.hooks:
+                hook.on_phase(self, name, tick, time.perf_counter())
+
+    def _took_data(self, start: float) -> None:
+        end = time.perf_counter()
+        self.timing.data += end - start
+        for hook in self.hooks:
+            hook.on_data(self, start, end)
 
     # ------------------------------------------------------------------ specs
     def train_spec(self, step: int) -> list[TensorSpec]:
@@ -283,6 +316,13 @@ class SyncRank:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One training step of this rank's stage (the loop's only way to train), told to the hooks."""
+        before, tick = self.timing.compute, time.perf_counter()
+        out = self._train(x, y)
+        self._stepped(tick, before, trained=True)
+        return out
+
     def _train(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         tick = time.perf_counter()
         out, result = self.step_obj.step(x, y)
@@ -317,7 +357,7 @@ class SyncRank:
         self.position.step = step + 1
         self.timing.mark(self.link.waits())
 
-    def train_epoch_first(self, epoch: int, first_step: int, stop: Any, budget: list[int]) -> bool:
+    def train_epoch_first(self, epoch: int, first_step: int, policy: StopPolicy) -> bool:
         """Rank 0: read batches, train, send. Returns True when it decided to stop mid-epoch."""
         assert self.train_batches is not None
         n = self.plan.steps_per_epoch
@@ -327,17 +367,17 @@ class SyncRank:
             for step in range(first_step, n):
                 tick = time.perf_counter()
                 x, y = next(batches)
-                self.timing.data += time.perf_counter() - tick
-                out = self._train(x, y)
+                self._took_data(tick)
+                out = self.train_step(x, y)
                 if outbox is not None:
                     outbox.send([*self._encode(out, train=True), pack(y, DATA, epoch, step)])
                 self._after_step(step)
-                budget[0] -= 1
+                policy.stepped()
                 bar.update(1)
                 if step % 10 == 0:
                     rate = (step + 1 - first_step) * self.plan.train_sizes[0] / (time.perf_counter() - self._start)
                     bar.set_postfix_str(progress_note(rate, self.board, lockstep=True), refresh=False)
-                if (budget[0] == 0 or stop.requested) and step + 1 < n:
+                if policy.due and step + 1 < n:
                     self._send_control(STOP, self.plan.train_sizes[step + 1])
                     return True
         return False
@@ -364,7 +404,7 @@ class SyncRank:
                 inbox.post(self.eval_spec(0))
             elif epoch + 1 < self.plan.epochs:
                 inbox.post(self.train_spec(0))
-            out = self._train(x, y)
+            out = self.train_step(x, y)
             if outbox is not None:
                 outbox.send([*self._encode(out, train=True), meta])
             self._after_step(step)
@@ -415,6 +455,8 @@ class SyncRank:
     # ------------------------------------------------------------------ epoch end / stop
     def report(self, evaluation: EvalResult | None) -> dict[str, Any]:
         """This rank's account of the epoch, gathered by rank 0."""
+        for hook in self.hooks:
+            hook.on_window(self)
         return {
             "rank": self.rank,
             "stats": {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in self.stats.state_dict().items()},
@@ -433,29 +475,27 @@ class SyncRank:
         dist.gather_object(self.report(evaluation), reports, dst=0)
         return reports
 
-    def fit(self, *, max_steps: int | None = None, stop: Any = None) -> bool:
+    def fit(self, policy: StopPolicy | None = None) -> bool:
         """Train from :attr:`position` to the end or to a stop; return True when stopped early.
 
-        ``stop`` is rank 0's stop flag (an object with a ``requested`` attribute, e.g. a
-        :class:`~degl.runtime.control.StopRequest` the caller has entered).
+        ``policy``: when rank 0 stops the line early (its step budget, a
+        :class:`~degl.runtime.stopping.StopRequest` the caller has entered); None: never.
         """
         first = self.rank == 0
-        stop = stop if stop is not None else NeverStop()
+        policy = policy if policy is not None else StopPolicy()
         start = self.position
-        budget = [max_steps if max_steps is not None else -1]
         epochs = self.plan.epochs
         with progress_bar(epochs, start.epoch, "dgl pipeline epochs", enabled=self.progress, unit="ep") as bar:
             for epoch in range(start.epoch, epochs):
-                resumed = epoch == start.epoch and start.step > 0
-                first_step = start.step if resumed else 0
-                if not resumed:
+                first_step = start.resumed_step(0, epoch)
+                if first_step == 0:
                     self.stats.reset([self.rank] if self.scored else [], self.device)
                 self.position = Position(0, epoch, first_step)
                 self.timing = Timing()
                 self._start = time.perf_counter()
                 waits_before = self.link.waits()
                 stopped = (
-                    self.train_epoch_first(epoch, first_step, stop, budget)
+                    self.train_epoch_first(epoch, first_step, policy)
                     if first
                     else self.train_epoch_next(epoch, first_step)
                 )
@@ -465,13 +505,13 @@ class SyncRank:
                     self.link.waits()[1] - waits_before[1],
                 )
                 if stopped:
-                    reports = self.save_and_gather(None)
+                    reports = self._phase("epoch end", self.save_and_gather, None)
                     if first and self.recorder is not None:
                         self.recorder.stopped(reports, position=self.position)  # type: ignore[arg-type]
                     return True
-                evaluation = self.evaluate()
+                evaluation = self._phase("eval", self.evaluate)
                 self.position = self.position.after_epoch(epochs)
-                reports = self.save_and_gather(evaluation)
+                reports = self._phase("epoch end", self.save_and_gather, evaluation)
                 decision: list[Any] = [None]
                 if first:
                     assert reports is not None
@@ -481,14 +521,8 @@ class SyncRank:
                         self.recorder.epoch_end(reports, epoch=epoch, position=self.position, finished=finished)
                     bar.set_postfix_str(slowest_in_reports(reports), refresh=False)
                     bar.update(1)
-                    decision = [not finished and (budget[0] == 0 or stop.requested)]
+                    decision = [not finished and policy.due]
                 dist.broadcast_object_list(decision, src=0)
                 if decision[0]:
                     return True
         return False
-
-
-class NeverStop:
-    """The stop flag of a loop nobody can interrupt."""
-
-    requested = False

@@ -9,21 +9,19 @@ reports), and one ``train`` span per epoch's training window (the interval the r
 rank 0 gathers the spans and writes ``trace.json``: plain Chrome trace events (``ph: "X"``,
 ``pid`` = rank), readable by Perfetto (ui.perfetto.dev) and ``chrome://tracing``.
 
-Nothing is added to a rank loop when tracing is off: :func:`instrument` replaces a few of the
-rank's bound methods by timed wrappers only when a tracer (or a progress board) is given, and the
-transport calls its wait hook only when one is set.
+A rank records them through :class:`TraceHooks`, one of the rank loop's explicit hooks
+(:mod:`degl.runtime.hooks`): nothing is added to a rank loop when tracing is off.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from degl.runtime.control import ProgressBoard, StepBar
+from degl.runtime.hooks import RankHooks
 
 TRACE_FILE = "trace.json"
 FORMAT = "degl-trace-1"
@@ -50,8 +48,6 @@ Span = tuple[str, float, float, int]
 class Tracer:
     """One rank's spans. ``start()`` (a barrier) fixes the origin every rank's times are measured from."""
 
-    enabled = True
-
     def __init__(self, rank: int) -> None:
         self.rank = rank
         self.spans: list[Span] = []
@@ -72,14 +68,6 @@ class Tracer:
 
     def add(self, name: str, start: float, end: float, step: int = -1) -> None:
         self.spans.append((name, start, end, step))
-
-    def wait_hook(self, name: str) -> Callable[[float, float], None]:
-        """A transport's ``on_wait(start, end)`` callback recording ``name`` spans."""
-        return lambda start, end: self.spans.append((name, start, end, -1))
-
-    def watch(self, inbox: Any, name: str = "recv wait") -> None:
-        """Record the blocking waits of a transport object created during the run (async's receiver)."""
-        inbox.on_wait = self.wait_hook(name)
 
     def events(self) -> list[dict[str, Any]]:
         """This rank's spans as Chrome trace events (microseconds since the common origin)."""
@@ -121,48 +109,6 @@ class Tracer:
         }
 
 
-class NullTracer(Tracer):
-    """Tracing off: records nothing, and :func:`instrument` leaves the rank untouched."""
-
-    enabled = False
-
-    def __init__(self) -> None:
-        super().__init__(-1)
-
-    def start(self) -> None:
-        pass
-
-    def add(self, name: str, start: float, end: float, step: int = -1) -> None:
-        pass
-
-    def watch(self, inbox: Any, name: str = "recv wait") -> None:
-        pass
-
-
-NULL_TRACER = NullTracer()
-
-
-class _TimedBatches:
-    """Rank 0's batch source, recording a ``data`` span around every batch it hands out."""
-
-    def __init__(self, batches: Any, tracer: Tracer) -> None:
-        self.batches, self.tracer = batches, tracer
-
-    def epoch(self, epoch: int = 0, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        it = iter(self.batches.epoch(epoch, start_step))
-        while True:
-            tick = time.perf_counter()
-            try:
-                item = next(it)
-            except StopIteration:
-                return
-            self.tracer.add("data", tick, time.perf_counter())
-            yield item
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.batches, name)
-
-
 class _PhaseClock:
     """Forward/backward/step boundaries inside one training step (CPU only: on a GPU the host would
     only see kernel launches), from a forward hook on the stage and optimizer step hooks, which
@@ -190,106 +136,38 @@ class _PhaseClock:
         return [("forward", start, f), ("backward", f, s), ("step", s, p), ("slowdown", p, end)]
 
 
-class _RankProbe:
-    """The timed stand-ins :func:`instrument` puts in place of a rank's methods (it keeps the originals)."""
+class TraceHooks(RankHooks):
+    """Records a rank's timeline on a :class:`Tracer`: compute (with its phases on the CPU), serve,
+    data, link waits, eval, epoch end and one ``train`` span per training window."""
 
-    def __init__(self, rank: Any, tracer: Tracer, board: ProgressBoard | None, bar: StepBar | None) -> None:
-        self.rank, self.tracer, self.board, self.bar = rank, tracer, board, bar
-        self.clock = None
-        if tracer.enabled and rank.device.type == "cpu":
+    def __init__(self, tracer: Tracer) -> None:
+        self.tracer = tracer
+        self.clock: _PhaseClock | None = None
+
+    def attach(self, rank: Any) -> None:
+        if rank.device.type == "cpu":
             self.clock = _PhaseClock(rank.step_obj.stage, rank.step_obj.optimizer, rank.slowdown > 1)
-        self._train, self._serve = rank._train, getattr(rank, "_serve", None)
-        self._report, self._evaluate, self._save_and_gather = rank.report, rank.evaluate, rank.save_and_gather
-        self.steps, self.served = 0, 0
-        # Busy seconds over the whole run: the rank starts a new Timing every epoch.
-        self._timing, self._busy_before, self._busy_now = None, 0.0, 0.0
 
-    def train(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        rank = self.rank
-        before, tick = rank.timing.compute, time.perf_counter()
-        out = self._train(x, y)
-        # As long as what the rank counts as compute (its bookkeeping after the step is not), so the
-        # trace's busy fraction and summary.json's idle fraction measure the same thing.
-        end = tick + rank.timing.compute - before
-        if self.tracer.enabled:
-            self.tracer.add("compute", tick, end, rank.global_step)
-            if self.clock is not None:
-                for name, start, stop in self.clock.spans(tick, end):
-                    self.tracer.add(name, start, stop, rank.global_step)
-        self.steps += 1
-        self._progress(trained=True)
-        return out
+    def on_data(self, rank: Any, start: float, end: float) -> None:
+        self.tracer.add("data", start, end)
 
-    def serve(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """An asynchronous rank's forward pass for the ranks after it, once its budget is done."""
-        assert self._serve is not None
-        rank = self.rank
-        before, tick = rank.timing.compute, time.perf_counter()
-        self._serve(x, y)
-        # Its compute only (what it adds to timing.compute); its send waits are spans of their own.
-        self.tracer.add("serve", tick, tick + rank.timing.compute - before, rank.global_step)
-        self.served += 1
-        self._progress(trained=False)
-
-    def _progress(self, *, trained: bool) -> None:
-        if self.board is None and self.bar is None:
+    def on_step(self, rank: Any, start: float, end: float, *, trained: bool) -> None:
+        # [start, end] is as long as what the rank counts as compute (its bookkeeping after the step
+        # is not), so the trace's busy fraction and summary.json's idle fraction measure the same thing.
+        if not trained:  # an asynchronous rank's forward for the ranks after it, once its budget is done
+            self.tracer.add("serve", start, end, rank.global_step)
             return
-        timing = self.rank.timing
-        if timing is not self._timing:
-            self._busy_before += self._busy_now
-            self._timing = timing
-        self._busy_now = timing.compute + timing.data
-        if self.board is not None:
-            self.board.publish(self.rank.rank, self.steps, self._busy_before + self._busy_now, time.perf_counter())
-        if self.bar is not None:
-            if trained:
-                self.bar.step(self.steps)
-            elif self.served % 10 == 0:  # rank 0 serving: its bar stands still, the others' figures move
-                self.bar.note(self.steps)
+        self.tracer.add("compute", start, end, rank.global_step)
+        if self.clock is not None:
+            for name, begin, stop in self.clock.spans(start, end):
+                self.tracer.add(name, begin, stop, rank.global_step)
 
-    def report(self, evaluation: Any) -> dict[str, Any]:
-        if self.bar is not None:  # the asynchronous loop reports once, at its end
-            self.bar.close()
+    def on_wait(self, rank: Any, name: str, start: float, end: float) -> None:
+        self.tracer.add(name, start, end)
+
+    def on_phase(self, rank: Any, name: str, start: float, end: float) -> None:
+        self.tracer.add(name, start, end)
+
+    def on_window(self, rank: Any) -> None:
         # The window the rank's idle fractions are measured over: this epoch's training, up to now.
-        rank = self.rank
         self.tracer.add("train", rank._start, rank._start + rank.timing.elapsed, rank.global_step)
-        return self._report(evaluation)
-
-    def evaluate(self) -> Any:
-        tick = time.perf_counter()
-        try:
-            return self._evaluate()
-        finally:
-            self.tracer.add("eval", tick, time.perf_counter())
-
-    def save_and_gather(self, evaluation: Any) -> Any:
-        tick = time.perf_counter()
-        try:
-            return self._save_and_gather(evaluation)
-        finally:
-            self.tracer.add("epoch end", tick, time.perf_counter())
-
-
-def instrument(rank: Any, tracer: Tracer, board: ProgressBoard | None, bar: StepBar | None) -> None:
-    """Time a rank's steps for the tracer, the shared progress board and a step bar (any may be off).
-
-    Replaces the rank's ``_train`` (one training step, in both rank loops), ``_serve`` (the
-    asynchronous loop's forward-only steps) and ``report`` (called once per training window, when
-    its length is known); when tracing also ``evaluate``, ``save_and_gather`` and rank 0's batches,
-    and hooks the links' waits. With nothing to feed, the rank is left exactly as it was.
-    """
-    if not tracer.enabled and board is None and bar is None:
-        return
-    probe = _RankProbe(rank, tracer, board, bar)
-    rank._train, rank.report = probe.train, probe.report
-    if probe._serve is not None:
-        rank._serve = probe.serve
-    if not tracer.enabled:
-        return
-    rank.evaluate, rank.save_and_gather = probe.evaluate, probe.save_and_gather
-    if rank.train_batches is not None:
-        rank.train_batches = _TimedBatches(rank.train_batches, tracer)
-    if rank.link.inbox is not None:
-        tracer.watch(rank.link.inbox, "recv wait")
-    if rank.link.outbox is not None:
-        tracer.watch(rank.link.outbox, "send wait")
