@@ -8,7 +8,8 @@ from degl.run.setup import buffer_options, build_setup
 from degl.runtime.async_rank import AsyncRank
 from degl.runtime.build import make_link, make_rank
 from degl.runtime.gradient_rank import GradientRank
-from degl.runtime.sync_rank import Plan, SyncRank
+from degl.runtime.plan import Plan
+from degl.runtime.sync_rank import SyncRank
 
 SYNTH = {
     "dataset": "synthetic",

@@ -81,7 +81,7 @@ def train_tiny_pipeline_wrong(env):
 
 def test_a_mostly_waiting_rank_gets_a_balance_note(capsys, tmp_path):
     from degl.run.config import TrainConfig
-    from degl.run.pipeline_run import RunRecorder
+    from degl.run.pipeline_record import RunRecorder
 
     def reports(waits):
         return [{"timing": {"recv_wait": w}} for w in waits]

@@ -28,7 +28,8 @@ from degl.models import build_model
 from degl.runtime.build import make_link, make_rank, make_step
 from degl.runtime.dist import DistEnv
 from degl.runtime.hooks import RankHooks
-from degl.runtime.sync_rank import Plan, SyncRank
+from degl.runtime.plan import Plan
+from degl.runtime.sync_rank import SyncRank
 
 
 def build(spec: dict[str, Any]) -> list[Stage]:

@@ -33,8 +33,9 @@ import torch.distributed as dist
 from degl.core.accounting import Position, train_line
 from degl.core.evaluate import EvalResult
 from degl.core.replay_buffer import ReplayBuffer
+from degl.runtime.plan import DATA, DONE, pack, unpack
 from degl.runtime.stopping import StopPolicy
-from degl.runtime.sync_rank import DATA, DONE, SyncRank, pack, unpack
+from degl.runtime.sync_rank import SyncRank
 from degl.runtime.transport import BackgroundInbox, PeerError
 
 RELEASE_TAG = 7  # the backward "release" message; forward messages use tag 0
@@ -154,7 +155,7 @@ class AsyncRank(SyncRank):
     def _serve(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """A frozen rank's forward for the ranks after it (a slowed rank is slow here too)."""
         before, tick = self.timing.compute, time.perf_counter()
-        for _ in range(1 + self._extra_work()):
+        for _ in range(1 + self.extra_work.repeats()):
             out = self.step_obj.features(x)
         self._sync()
         self.timing.compute += time.perf_counter() - tick

@@ -25,7 +25,8 @@ from degl.core.step import LossFn, Precision, StageStep
 from degl.runtime.async_rank import AsyncRank
 from degl.runtime.dist import staging_device
 from degl.runtime.gradient_rank import GradientLink, GradientRank
-from degl.runtime.sync_rank import Link, Plan, SyncRank
+from degl.runtime.plan import Link, Plan
+from degl.runtime.sync_rank import SyncRank
 
 PIPELINE_METHODS = ("dgl", "async-dgl", *GRADIENT_METHODS)
 """The methods a multi-process pipeline runs (the others train in one process only)."""

@@ -25,8 +25,9 @@ from typing import Any
 import torch
 
 from degl.core.gradient_steps import GradientStep
+from degl.runtime.plan import DATA, DONE, Link, Plan
 from degl.runtime.stopping import StopPolicy
-from degl.runtime.sync_rank import DATA, DONE, Link, Plan, SyncRank
+from degl.runtime.sync_rank import SyncRank
 from degl.runtime.transport import BackgroundInbox, Outbox, TensorSpec
 
 
@@ -133,7 +134,7 @@ class GradientRank(SyncRank):
         out, back, result = self.gstep.advance(x, y, input_grad=self.rank > 0)
         self._send_back_if(back)
         self._settle_due()
-        for _ in range(self._extra_work()):
+        for _ in range(self.extra_work.repeats()):
             self.step_obj.rehearse(x, y)
         self._sync()
         self.timing.compute += time.perf_counter() - tick - (sum(self.link.waits()) - waited)

@@ -21,8 +21,8 @@ from degl.core.stage import Stage, head_classes
 from degl.core.step import LossFn, StageStep
 from degl.runtime.build import check_pipeline_method, make_link, make_rank, make_step
 from degl.runtime.dist import DistEnv
+from degl.runtime.plan import BatchSource, Plan
 from degl.runtime.stopping import IgnoreSignals, StopPolicy, StopRequest
-from degl.runtime.sync_rank import BatchSource, Plan
 
 
 class IterableSource:

@@ -10,20 +10,16 @@ same code: a :class:`~degl.core.step.StageStep`, a :class:`Link` to the neighbou
 :class:`Plan` every rank agrees on, rank 0's batches, and an optional :class:`Recorder` that
 writes checkpoints and metrics (the run directory, for the CLI).
 
-Messages (shapes are known from the plan, so receives are posted early):
-    train:  [activations..., meta int64 (labels..., control, epoch, step)]
-    eval:   [activations..., meta, ensemble float32 (n, classes)]
-where "activations..." are the tensors of the boundary's codec (:mod:`degl.core.codec`): with the
-default ``none``, the activations (n, *shape) in the wire dtype.
-A STOP (a step budget or Ctrl-C on rank 0) replaces a train message and travels down the line.
+Messages (:mod:`degl.runtime.plan`): a train message is the boundary codec's tensors and the
+labels with a control code; a STOP (a step budget or Ctrl-C on rank 0) replaces one and travels
+down the line.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -34,126 +30,9 @@ from degl.core.evaluate import EvalAccumulator, EvalResult, ensemble_weight
 from degl.core.step import StageStep
 from degl.runtime.control import ProgressBoard, progress_bar, progress_note, slowest_in_reports
 from degl.runtime.hooks import RankHooks
+from degl.runtime.plan import DATA, STOP, BatchSource, ExtraWork, Link, Plan, Recorder, Timing, pack, unpack
 from degl.runtime.stopping import StopPolicy
-from degl.runtime.transport import Inbox, Outbox, TensorSpec
-
-DATA, STOP, DONE = 0, 1, 2
-WIRE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What every rank knows before the first step (rank 0 decides it and tells the others)."""
-
-    train_sizes: tuple[int, ...]
-    """The batch size of every training step of an epoch (the same every epoch)."""
-    eval_sizes: tuple[int, ...]
-    num_classes: int
-    epochs: int
-    wire: str = "fp32"
-    """dtype of activations on the wire: fp32, bf16 or fp16."""
-    codec: str = "none"
-    """How activations cross each boundary (:mod:`degl.core.codec`); ``none`` sends them in ``wire``."""
-    codec_seed: int = 0
-    """Seeds the codecs' random choices (the run's seed: the same codecs as in one process)."""
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return len(self.train_sizes)
-
-    @property
-    def wire_dtype(self) -> torch.dtype:
-        return WIRE_DTYPES[self.wire]
-
-
-class BatchSource(Protocol):
-    """Rank 0's training batches: ``epoch(e, start_step)`` yields ``(x, y)`` (degl's loaders do)."""
-
-    def epoch(self, epoch: int = 0, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
-
-
-class Recorder(Protocol):
-    """Where a pipeline's results go. Every rank calls ``save``; only rank 0 calls the others."""
-
-    def save(self, rank: int, global_step: int, step: StageStep) -> None: ...
-
-    def epoch_end(self, reports: list[dict[str, Any]], *, epoch: int, position: Position, finished: bool) -> None: ...
-
-    def stopped(self, reports: list[dict[str, Any]], *, position: Position) -> None: ...
-
-    def async_end(self, reports: list[dict[str, Any]], *, position: Position, completed: bool) -> None: ...
-
-
-@dataclass
-class Link:
-    """A rank's connections: receive from rank - 1, send to rank + 1 (``None`` at the ends)."""
-
-    inbox: Inbox | None
-    outbox: Outbox | None
-
-    @classmethod
-    def for_rank(
-        cls,
-        rank: int,
-        world: int,
-        device: torch.device,
-        *,
-        max_in_flight: int = 2,
-        staging: torch.device | None = None,
-        link_mbps: float | None = None,
-    ) -> Link:
-        """``link_mbps``: emulate links of that speed (see :class:`~degl.runtime.transport.EmulatedLink`)."""
-        inbox = Inbox(rank - 1, device, staging, link_mbps=link_mbps) if rank > 0 else None
-        outbox = Outbox(rank + 1, max_in_flight, staging, link_mbps=link_mbps) if rank < world - 1 else None
-        return cls(inbox, outbox)
-
-    def waits(self) -> tuple[float, float]:
-        return (self.inbox.wait_s if self.inbox else 0.0, self.outbox.wait_s if self.outbox else 0.0)
-
-
-def pack(y: torch.Tensor, control: int, epoch: int, step: int) -> torch.Tensor:
-    return torch.cat([y, torch.tensor([control, epoch, step], dtype=torch.int64, device=y.device)])
-
-
-def unpack(meta: torch.Tensor) -> tuple[torch.Tensor, int, int, int]:
-    control, epoch, step = meta[-3:].tolist()
-    return meta[:-3], control, epoch, step
-
-
-@dataclass
-class Timing:
-    """Where one rank's training time went during an epoch (seconds), with a mark after every step:
-    ``(time, busy so far, waiting to receive so far, waiting to send so far)``."""
-
-    compute: float = 0.0
-    data: float = 0.0
-    elapsed: float = 0.0
-    marks: list[tuple[float, float, float, float]] = field(default_factory=list)
-    waits: tuple[float, float] | None = None
-    """(receive, send) waits during this epoch's training; the links count from the run's start and
-    through evaluation. None: not measured (the links' totals are used)."""
-
-    @property
-    def step_ends(self) -> list[float]:
-        return [mark[0] for mark in self.marks]
-
-    def mark(self, waits: tuple[float, float]) -> None:
-        self.marks.append((time.perf_counter(), self.compute + self.data, *waits))
-
-    def idle_fraction(self, recv_wait: float, send_wait: float) -> dict[str, float]:
-        busy = self.compute + self.data
-        elapsed = max(self.elapsed, 1e-9)
-        return {"idle": 1 - busy / elapsed, "recv_wait": recv_wait / elapsed, "send_wait": send_wait / elapsed}
-
-    def idle_fraction_between(self, first: int, last: int) -> dict[str, float]:
-        """The same fractions over the steps after step ``first`` up to step ``last`` (1-based counts)."""
-        a, b = self.marks[first - 1], self.marks[last - 1]
-        elapsed = max(b[0] - a[0], 1e-9)
-        return {
-            "idle": 1 - (b[1] - a[1]) / elapsed,
-            "recv_wait": (b[2] - a[2]) / elapsed,
-            "send_wait": (b[3] - a[3]) / elapsed,
-        }
+from degl.runtime.transport import TensorSpec
 
 
 class SyncRank:
@@ -199,7 +78,7 @@ class SyncRank:
         self.train_batches, self.test_batches = train_batches, test_batches
         self.recorder = recorder
         self.slowdown = slowdown
-        self._work_credit = 0.0
+        self.extra_work = ExtraWork(slowdown)
         self.progress = progress and rank == 0
         self.device = step.device
         self.wire = plan.wire_dtype
@@ -326,22 +205,12 @@ class SyncRank:
     def _train(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         tick = time.perf_counter()
         out, result = self.step_obj.step(x, y)
-        for _ in range(self._extra_work()):
+        for _ in range(self.extra_work.repeats()):
             self.step_obj.rehearse(x, y)
         self._sync()
         self.timing.compute += time.perf_counter() - tick
         self.stats.add([result])
         return out
-
-    def _extra_work(self) -> int:
-        """How many times to repeat this step's work without effect, so that a rank slowed by F
-        does F times the work on average (F = 1.5: once every other step)."""
-        if self.slowdown <= 1:
-            return 0
-        self._work_credit += self.slowdown - 1
-        repeats = int(self._work_credit + 1e-9)
-        self._work_credit -= repeats
-        return repeats
 
     def _send_control(self, control: int, n: int) -> None:
         """A control message in place of a train message of ``n`` samples (the size the next rank expects)."""
