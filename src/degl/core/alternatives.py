@@ -27,6 +27,7 @@ import torch
 from degl.core.gradient_steps import DelayedGradientStep, GradientStep, LossStep, SyntheticGradientStep
 from degl.core.method_base import Method
 from degl.core.optim import OptimizerFactory, SchedulerFactory
+from degl.core.parameter_error import ParameterError
 from degl.core.stage import Stage, head_classes
 from degl.core.step import LossFn, StepResult
 from degl.core.synthesizer import build_synthesizer
@@ -112,9 +113,15 @@ class GradientMethod(Method):
                 same synthesizers).
         """
         if codec != "none":
-            raise UserError(f"--codec applies to --method dgl and async-dgl, not {method}")
+            raise ParameterError(
+                "{codec=} applies to the methods dgl and async-dgl, not to {method=}", codec=codec, method=method
+            )
         if precision == "fp16":
-            raise UserError(f"--method {method} runs in fp32 or bf16 (fp16's loss scale would scale its gradients)")
+            raise ParameterError(
+                "{method=} runs in fp32 or bf16, not {precision=} (its loss scale would scale the gradients)",
+                method=method,
+                precision=precision,
+            )
         super().__init__(
             stages,
             make_optimizer=make_optimizer,

@@ -16,6 +16,7 @@ from degl.core.alternatives import GradientMethod
 from degl.core.codec import Codec, build_codec, check_codec
 from degl.core.method_base import Method
 from degl.core.optim import OptimizerFactory, SchedulerFactory
+from degl.core.parameter_error import ParameterError
 from degl.core.stage import Stage
 from degl.core.step import LossFn, Precision, StageStep, StepResult, advance_schedule, step_result
 from degl.errors import UserError
@@ -129,9 +130,10 @@ class LocalLearning(Method):
         for index, (file, codec) in enumerate(zip(files, self.codecs)):
             if codec is not None and codec.stateful:
                 if "codec" not in file:
-                    raise UserError(
-                        f"stage {index}'s checkpoint has no state for --codec {self.codec} (saved by a pipeline "
-                        "run, which does not checkpoint codec state); start a new run"
+                    raise ParameterError(
+                        f"stage {index}'s checkpoint has no state for {{codec=}} (saved by a pipeline "
+                        "run, which does not checkpoint codec state); start a new run",
+                        codec=self.codec,
                     )
                 codec.load_state_dict(file["codec"])
 
