@@ -2,11 +2,16 @@
 
 A network is cut into K stages; each stage has its own auxiliary classifier, local loss and
 optimizer and passes its output on detached, so no stage waits for a backward pass from above.
+
+Bad input raises :class:`UserError` (a ``ValueError``); one about a single parameter is a
+:class:`ParameterError`, which names it as this API does (``num_stages=9``, where the CLI says
+``--stages 9``). See docs/python-api.md and docs/glossary.md.
 """
 
 from degl.core.alternatives import GradientMethod
 from degl.core.evaluate import evaluate
 from degl.core.methods import DGL, Backprop, SequentialGreedy, build_method
+from degl.core.parameter_error import ParameterError
 from degl.core.split import build_stages, split_blocks
 from degl.core.stage import Stage
 from degl.core.step import StageStep
@@ -23,6 +28,7 @@ __all__ = [
     "Backprop",
     "DistEnv",
     "GradientMethod",
+    "ParameterError",
     "PipelineResult",
     "SequentialGreedy",
     "Stage",

@@ -26,8 +26,10 @@ import torch
 
 from degl.core.gradient_steps import DelayedGradientStep, GradientStep, LossStep, SyntheticGradientStep
 from degl.core.method_base import Method
+from degl.core.optim import OptimizerFactory, SchedulerFactory
+from degl.core.parameter_error import ParameterError
 from degl.core.stage import Stage, head_classes
-from degl.core.step import StepResult
+from degl.core.step import LossFn, StepResult
 from degl.core.synthesizer import build_synthesizer
 from degl.errors import UserError
 
@@ -75,12 +77,64 @@ def make_gradient_step(
 class GradientMethod(Method):
     """One process running dni, cdni, ddg or fr over K stages (see the module's docstring)."""
 
-    def __init__(self, stages: Sequence[Stage], *, method: str, **kwargs: Any) -> None:
-        if kwargs.get("codec", "none") != "none":
-            raise UserError(f"--codec applies to --method dgl and async-dgl, not {method}")
-        if kwargs.get("precision", "fp32") == "fp16":
-            raise UserError(f"--method {method} runs in fp32 or bf16 (fp16's loss scale would scale its gradients)")
-        super().__init__(stages, **kwargs)
+    def __init__(
+        self,
+        stages: Sequence[Stage],
+        *,
+        method: str,
+        make_optimizer: OptimizerFactory,
+        make_scheduler: SchedulerFactory | None = None,
+        precision: str = "fp32",
+        device: torch.device | str = "cpu",
+        reset_at_decay: bool = False,
+        loss_scale_init: float = 2.0**16,
+        loss_scale_growth_interval: int = 2000,
+        loss_fn: LossFn | None = None,
+        codec: str = "none",
+        codec_seed: int = 0,
+    ) -> None:
+        """
+        Args:
+            stages: the K stages to train, in order (from :func:`degl.build_stages`).
+            method: ``"dni"``, ``"cdni"``, ``"ddg"`` or ``"fr"`` (see the module's docstring).
+            make_optimizer: ``make_optimizer(params) -> torch.optim.Optimizer``; called once per
+                stage (and per synthesizer), e.g. ``lambda p: torch.optim.SGD(p, lr=0.1)``.
+            make_scheduler: ``make_scheduler(optimizer) -> lr scheduler``, stepped once per
+                training step; None keeps the lr constant.
+            precision: ``"fp32"`` or ``"bf16"`` (fp16's loss scale would scale the gradients sent back).
+            device: where the stages live (for autocast); the caller moves them.
+            reset_at_decay: clear a stage's optimizer state whenever its schedule lowers the lr.
+            loss_scale_init: accepted for a uniform signature; these methods do not run in fp16.
+            loss_scale_growth_interval: accepted for a uniform signature; unused.
+            loss_fn: ``loss_fn(logits, target) -> scalar``, the last stage's loss; default
+                cross-entropy, computed in fp32.
+            codec: must be ``"none"``: codecs apply to DGL's forward messages only.
+            codec_seed: seeds the DNI/cDNI synthesizers (the same seed in every runtime gives the
+                same synthesizers).
+        """
+        if codec != "none":
+            raise ParameterError(
+                "{codec=} applies to the methods dgl and async-dgl, not to {method=}", codec=codec, method=method
+            )
+        if precision == "fp16":
+            raise ParameterError(
+                "{method=} runs in fp32 or bf16, not {precision=} (its loss scale would scale the gradients)",
+                method=method,
+                precision=precision,
+            )
+        super().__init__(
+            stages,
+            make_optimizer=make_optimizer,
+            make_scheduler=make_scheduler,
+            precision=precision,
+            device=device,
+            reset_at_decay=reset_at_decay,
+            loss_scale_init=loss_scale_init,
+            loss_scale_growth_interval=loss_scale_growth_interval,
+            loss_fn=loss_fn,
+            codec=codec,
+            codec_seed=codec_seed,
+        )
         self.name = method  # type: ignore[misc]
         num_classes = head_classes(self.stages[-1])
         self.steps: list[GradientStep] = [

@@ -13,7 +13,11 @@ from degl.core.step import LossFn, Precision, StepResult, cross_entropy
 
 
 class Method:
-    """Owns the stages' optimizers and schedules and performs training steps."""
+    """Owns the stages' optimizers and schedules and performs training steps.
+
+    Every method's constructor takes the same keyword parameters (documented on ``__init__``);
+    :class:`~degl.core.alternatives.GradientMethod` adds ``method``.
+    """
 
     name: ClassVar[str]
 
@@ -32,6 +36,24 @@ class Method:
         codec: str = "none",
         codec_seed: int = 0,
     ) -> None:
+        """
+        Args:
+            stages: the K stages to train, in order (from :func:`degl.build_stages`).
+            make_optimizer: ``make_optimizer(params) -> torch.optim.Optimizer``; called once per
+                stage (once in all for backprop), e.g. ``lambda p: torch.optim.SGD(p, lr=0.1)``.
+            make_scheduler: ``make_scheduler(optimizer) -> lr scheduler``, stepped once per
+                training step; None keeps the lr constant.
+            precision: ``"fp32"``, ``"bf16"`` (autocast) or ``"fp16"`` (autocast and a gradient
+                scaler; CUDA only).
+            device: where the stages live (for autocast and the scaler); the caller moves them.
+            reset_at_decay: clear an optimizer's state whenever its schedule lowers the lr.
+            loss_scale_init: fp16 only: the gradient scaler's initial scale.
+            loss_scale_growth_interval: fp16 only: steps without overflow before the scale grows.
+            loss_fn: ``loss_fn(logits, target) -> scalar``; default cross-entropy, computed in fp32.
+            codec: what each boundary's activations pass through on their way to the next stage
+                (``"none"``, ``"bf16"``, ``"int8"``, ``"vq"``...; see docs/codecs.md); DGL only.
+            codec_seed: seeds the codecs' random choices (and the DNI synthesizers').
+        """
         self.stages = list(stages)
         self.codec, self.codec_seed = codec, codec_seed
         self.loss_fn = loss_fn or cross_entropy

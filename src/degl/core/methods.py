@@ -15,8 +15,10 @@ import torch
 from degl.core.alternatives import GradientMethod
 from degl.core.codec import Codec, build_codec, check_codec
 from degl.core.method_base import Method
+from degl.core.optim import OptimizerFactory, SchedulerFactory
+from degl.core.parameter_error import ParameterError
 from degl.core.stage import Stage
-from degl.core.step import Precision, StageStep, StepResult, advance_schedule, step_result
+from degl.core.step import LossFn, Precision, StageStep, StepResult, advance_schedule, step_result
 from degl.errors import UserError
 
 __all__ = ["DGL", "Backprop", "Method", "Precision", "SequentialGreedy", "StepResult", "build_method"]
@@ -25,8 +27,54 @@ __all__ = ["DGL", "Backprop", "Method", "Precision", "SequentialGreedy", "StepRe
 class LocalLearning(Method):
     """Methods where every stage has its own optimizer, schedule, grad scaler and local loss."""
 
-    def __init__(self, stages: Sequence[Stage], **kwargs: Any) -> None:
-        super().__init__(stages, **kwargs)
+    # The parameters are Method's, spelled out again so that help() and inspect.signature show them.
+    def __init__(
+        self,
+        stages: Sequence[Stage],
+        *,
+        make_optimizer: OptimizerFactory,
+        make_scheduler: SchedulerFactory | None = None,
+        precision: str = "fp32",
+        device: torch.device | str = "cpu",
+        reset_at_decay: bool = False,
+        loss_scale_init: float = 2.0**16,
+        loss_scale_growth_interval: int = 2000,
+        loss_fn: LossFn | None = None,
+        codec: str = "none",
+        codec_seed: int = 0,
+    ) -> None:
+        """
+        Args:
+            stages: the K stages to train, in order (from :func:`degl.build_stages`).
+            make_optimizer: ``make_optimizer(params) -> torch.optim.Optimizer``; called once per
+                stage, e.g. ``lambda p: torch.optim.SGD(p, lr=0.1)``.
+            make_scheduler: ``make_scheduler(optimizer) -> lr scheduler``, stepped once per
+                training step; None keeps the lr constant.
+            precision: ``"fp32"``, ``"bf16"`` (autocast) or ``"fp16"`` (autocast and a gradient
+                scaler; CUDA only).
+            device: where the stages live (for autocast and the scaler); the caller moves them.
+            reset_at_decay: clear a stage's optimizer state whenever its schedule lowers the lr.
+            loss_scale_init: fp16 only: the gradient scaler's initial scale.
+            loss_scale_growth_interval: fp16 only: steps without overflow before the scale grows.
+            loss_fn: ``loss_fn(logits, target) -> scalar``, every stage's local loss; default
+                cross-entropy, computed in fp32.
+            codec: what each boundary's activations pass through on their way to the next stage
+                (``"none"``, ``"bf16"``, ``"int8"``, ``"vq"``...; see docs/codecs.md).
+            codec_seed: seeds the codecs' random choices.
+        """
+        super().__init__(
+            stages,
+            make_optimizer=make_optimizer,
+            make_scheduler=make_scheduler,
+            precision=precision,
+            device=device,
+            reset_at_decay=reset_at_decay,
+            loss_scale_init=loss_scale_init,
+            loss_scale_growth_interval=loss_scale_growth_interval,
+            loss_fn=loss_fn,
+            codec=codec,
+            codec_seed=codec_seed,
+        )
         self.steps = [
             StageStep(
                 stage,
@@ -82,9 +130,10 @@ class LocalLearning(Method):
         for index, (file, codec) in enumerate(zip(files, self.codecs)):
             if codec is not None and codec.stateful:
                 if "codec" not in file:
-                    raise UserError(
-                        f"stage {index}'s checkpoint has no state for --codec {self.codec} (saved by a pipeline "
-                        "run, which does not checkpoint codec state); start a new run"
+                    raise ParameterError(
+                        f"stage {index}'s checkpoint has no state for {{codec=}} (saved by a pipeline "
+                        "run, which does not checkpoint codec state); start a new run",
+                        codec=self.codec,
                     )
                 codec.load_state_dict(file["codec"])
 
@@ -150,8 +199,51 @@ class Backprop(Method):
 
     name = "backprop"
 
-    def __init__(self, stages: Sequence[Stage], **kwargs: Any) -> None:
-        super().__init__(stages, **kwargs)
+    def __init__(
+        self,
+        stages: Sequence[Stage],
+        *,
+        make_optimizer: OptimizerFactory,
+        make_scheduler: SchedulerFactory | None = None,
+        precision: str = "fp32",
+        device: torch.device | str = "cpu",
+        reset_at_decay: bool = False,
+        loss_scale_init: float = 2.0**16,
+        loss_scale_growth_interval: int = 2000,
+        loss_fn: LossFn | None = None,
+        codec: str = "none",
+        codec_seed: int = 0,
+    ) -> None:
+        """
+        Args:
+            stages: the stages whose blocks are chained (usually one: ``build_stages(model, 1)``).
+            make_optimizer: ``make_optimizer(params) -> torch.optim.Optimizer``; called once, over
+                every block and the last head, e.g. ``lambda p: torch.optim.SGD(p, lr=0.1)``.
+            make_scheduler: ``make_scheduler(optimizer) -> lr scheduler``, stepped once per
+                training step; None keeps the lr constant.
+            precision: ``"fp32"``, ``"bf16"`` (autocast) or ``"fp16"`` (autocast and a gradient
+                scaler; CUDA only).
+            device: where the stages live (for autocast and the scaler); the caller moves them.
+            reset_at_decay: clear the optimizer's state whenever the schedule lowers the lr.
+            loss_scale_init: fp16 only: the gradient scaler's initial scale.
+            loss_scale_growth_interval: fp16 only: steps without overflow before the scale grows.
+            loss_fn: ``loss_fn(logits, target) -> scalar``; default cross-entropy, computed in fp32.
+            codec: accepted for a uniform signature; backprop sends nothing between stages.
+            codec_seed: accepted for a uniform signature; unused.
+        """
+        super().__init__(
+            stages,
+            make_optimizer=make_optimizer,
+            make_scheduler=make_scheduler,
+            precision=precision,
+            device=device,
+            reset_at_decay=reset_at_decay,
+            loss_scale_init=loss_scale_init,
+            loss_scale_growth_interval=loss_scale_growth_interval,
+            loss_fn=loss_fn,
+            codec=codec,
+            codec_seed=codec_seed,
+        )
         params = [p for stage in self.stages for p in stage.block.parameters()]
         params += list(self.stages[-1].head.parameters())
         self.optimizer = self._make_optimizer(params)
@@ -205,7 +297,11 @@ METHOD_CLASSES: dict[str, type[Method]] = {cls.name: cls for cls in (Backprop, D
 
 def build_method(name: str, stages: Sequence[Stage], **kwargs: Any) -> Method:
     """Instantiate the training method ``name`` (``backprop``, ``dgl``, ``sgl``, ``dni``, ``cdni``, ``ddg`` or
-    ``fr``) over ``stages``."""
+    ``fr``) over ``stages``.
+
+    ``kwargs`` are the method's constructor parameters, the same for every method (``make_optimizer``
+    is required): see ``help(degl.DGL)``.
+    """
     if name == "async-dgl":  # the same per-stage updates; the runtime decides when each stage acts
         return DGL(stages, **kwargs)
     if name in ("dni", "cdni", "ddg", "fr"):

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from degl.core.measure import count_flops, saved_activation_bytes, train_time
+from degl.core.parameter_error import ParameterError
 from degl.core.stage import Stage
 from degl.errors import UserError
 from degl.models.backbone import resolve_split_at
@@ -112,9 +113,14 @@ def even_cuts(num_blocks: int, num_stages: int) -> list[int]:
 def check_cuts(cuts: Sequence[int], num_blocks: int, num_stages: int) -> list[int]:
     cuts = list(cuts)
     if len(cuts) != num_stages - 1:
-        raise UserError(f"--cuts needs {num_stages - 1} indices for {num_stages} stages, got {len(cuts)}: {cuts}")
+        raise ParameterError(
+            f"{{cuts}} needs {num_stages - 1} indices for {num_stages} stages, got {len(cuts)}: {{cuts!v}}", cuts=cuts
+        )
     if any(not 0 < c < num_blocks for c in cuts) or sorted(set(cuts)) != cuts:
-        raise UserError(f"--cuts must be strictly increasing block indices between 1 and {num_blocks - 1}, got {cuts}")
+        raise ParameterError(
+            f"{{cuts}} must be strictly increasing block indices between 1 and {num_blocks - 1}, got {{cuts!v}}",
+            cuts=cuts,
+        )
     return cuts
 
 
@@ -127,10 +133,11 @@ def split_blocks(
 ) -> list[tuple[int, ...]]:
     """Group block indices ``0..num_blocks-1`` into ``num_stages`` consecutive, non-empty groups."""
     if num_stages < 1:
-        raise UserError(f"--stages must be at least 1, got {num_stages}")
+        raise ParameterError("{num_stages} must be at least 1, got {num_stages!v}", num_stages=num_stages)
     if num_stages > num_blocks:
-        raise UserError(
-            f"--stages {num_stages} is more than the network's {num_blocks} blocks; use at most {num_blocks}"
+        raise ParameterError(
+            f"{{num_stages=}} is more than the network's {num_blocks} blocks; use at most {num_blocks}",
+            num_stages=num_stages,
         )
     if cuts is None:
         cuts = balanced_cuts(costs, num_stages) if costs is not None else even_cuts(num_blocks, num_stages)
@@ -203,16 +210,24 @@ def build_stages(
     if split_at is not None:
         split_at = list(split_at)
         if num_stages is not None and num_stages != len(split_at) + 1:
-            raise UserError(
-                f"split_at names {len(split_at)} split point(s), which make {len(split_at) + 1} stages, "
-                f"but num_stages is {num_stages}; give one of them, or make them agree"
+            raise ParameterError(
+                f"{{split_at}} names {len(split_at)} split point(s), which make {len(split_at) + 1} stages, "
+                "but {num_stages} is {num_stages!v}; give one of them, or make them agree",
+                split_at=split_at,
+                num_stages=num_stages,
             )
         if cuts is not None:
-            raise UserError("give either cuts (block indices) or split_at (names), not both")
+            raise ParameterError(
+                "give either {cuts} (block indices) or {split_at} (names), not both", cuts=cuts, split_at=split_at
+            )
         num_stages = len(split_at) + 1
         cuts = resolve(split_at)
     if num_stages is None:
-        raise UserError("build_stages needs num_stages, or split_at (the names where stages 2..K begin)")
+        raise ParameterError(
+            "build_stages needs {num_stages}, or {split_at} (the names where stages 2..K begin)",
+            num_stages=num_stages,
+            split_at=split_at,
+        )
     if not blocks:
         raise UserError("the model has no blocks to split")
     if split == "auto":
@@ -220,7 +235,7 @@ def build_stages(
             cuts = paper_cuts[num_stages]
         split = "flops"
     if split not in ("flops", "memory", "blocks", "time"):
-        raise UserError(f"unknown split {split!r}; choose auto, flops, memory, blocks or time")
+        raise ParameterError("unknown {split} {split!v}; choose auto, flops, memory, blocks or time", split=split)
     costs, shapes = block_costs(blocks, shape, split, batch_size=time_batch)
     if cuts is None and split == "time" and num_stages > 1:
         # Each stage also trains the head after its last block: measure every candidate head.
@@ -240,9 +255,10 @@ def build_stages(
         # Registry nets may have parameter-free blocks (a ReLU); a stage of only those is a mistake.
         for index, group in enumerate(groups):
             if not any(True for i in group for _ in blocks[i].parameters()):
-                raise UserError(
-                    f"split_at: stage {index} (blocks {', '.join(names[i] for i in group)}) has no parameters; "
-                    "move its split points"
+                raise ParameterError(
+                    f"{{split_at}}: stage {index} (blocks {', '.join(names[i] for i in group)}) has no parameters; "
+                    "move its split points",
+                    split_at=split_at,
                 )
     stages: list[Stage] = []
     in_shape = shape

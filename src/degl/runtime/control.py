@@ -10,14 +10,25 @@ from typing import Any
 from tqdm.auto import tqdm
 
 
-def progress_bar(total: int, initial: int, desc: str, *, enabled: bool, unit: str = "step", leave: bool = True) -> tqdm:
+def draws_progress(enabled: bool | None) -> bool:
+    """Whether a progress bar with this setting is drawn: ``True`` always, ``False`` never, ``None``
+    only when stderr is a terminal (a bar redrawn with carriage returns fills a log file or a pipe)."""
+    if enabled is None:
+        return sys.stderr.isatty()
+    return enabled
+
+
+def progress_bar(
+    total: int, initial: int, desc: str, *, enabled: bool | None = None, unit: str = "step", leave: bool = True
+) -> tqdm:
+    """A tqdm bar on stderr; ``enabled``: see :func:`draws_progress` (default: on a terminal only)."""
     return tqdm(
         total=total,
         initial=initial,
         leave=leave,
         unit=unit,
         desc=desc,
-        disable=not enabled,
+        disable=not draws_progress(enabled),
         file=sys.stderr,
         dynamic_ncols=True,
     )
@@ -97,8 +108,17 @@ def slowest_in_reports(reports: list[dict[str, Any]]) -> str:
 class StepBar:
     """A step progress bar for a loop that draws none itself (rank 0 of the asynchronous pipeline)."""
 
-    def __init__(self, total: int, batch_size: int, board: ProgressBoard | None, desc: str = "async-dgl steps") -> None:
-        self.bar = progress_bar(total, 0, desc, enabled=True)
+    def __init__(
+        self,
+        total: int,
+        batch_size: int,
+        board: ProgressBoard | None,
+        desc: str = "async-dgl steps",
+        *,
+        enabled: bool | None = None,
+    ) -> None:
+        """``enabled``: see :func:`draws_progress` (default: drawn only when stderr is a terminal)."""
+        self.bar = progress_bar(total, 0, desc, enabled=enabled)
         self.batch_size, self.board = batch_size, board
         self._first = self._last = 0.0  # when rank 0 trained its first and its latest step
 
