@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 
 from degl.core.codec import check_codec, parse_codec
+from degl.core.parameter_error import cli_message
 from degl.core.step import Precision
 from degl.errors import UserError
 from degl.run import checkpoint
@@ -48,7 +49,7 @@ from degl.run.setup import (
 )
 from degl.run.train import create_run_dir
 from degl.runtime.build import PIPELINE_METHODS, make_link, make_rank, make_step
-from degl.runtime.control import ProgressBoard, StepBar
+from degl.runtime.control import ProgressBoard, StepBar, draws_progress
 from degl.runtime.dist import DistEnv
 from degl.runtime.hooks import ProgressHooks, RankHooks
 from degl.runtime.launch import PEER_FAILED, STOPPED, failures, log, setup_rank, start, watch
@@ -183,16 +184,18 @@ def build_rank(
         "test_batches": test_loader,
         "recorder": recorder,
         "slowdown": check_slowdowns(cfg.slowdown, env.world_size).get(env.rank, 1.0),
-        "progress": cfg.progress and env.is_first,
-        "board": board if cfg.progress else None,
+        "progress": cfg.progress if env.is_first else False,
+        "board": board if draws_progress(cfg.progress) else None,
     }
     asynchronous = cfg.method == "async-dgl" and cfg.buffer > 0  # --buffer 0: the synchronous pipeline
     tracer = Tracer(env.rank) if cfg.trace else None
     hooks: list[RankHooks] = [TraceHooks(tracer)] if tracer is not None else []
     step_bar = None
-    if asynchronous and cfg.progress and env.is_first:  # the asynchronous loop draws no bar of its own
+    if asynchronous and draws_progress(cfg.progress) and env.is_first:  # the asynchronous loop draws no bar of its own
         total = plan.epochs * plan.steps_per_epoch
-        step_bar = StepBar(min(total, cfg.max_steps or total), plan.train_sizes[0], options["board"])
+        step_bar = StepBar(
+            min(total, cfg.max_steps or total), plan.train_sizes[0], options["board"], enabled=cfg.progress
+        )
     if options["board"] is not None or step_bar is not None:
         hooks.append(ProgressHooks(options["board"], step_bar))
     rank = make_rank(
@@ -241,7 +244,7 @@ def run_rank(cfg: TrainConfig, resume_dir: Path | None, print_summary: bool, boa
                 info, data = prepare_first_rank(cfg, env.world_size, resume_dir)
                 shared = [info]
             except UserError as exc:
-                shared = [str(exc)]
+                shared = [cli_message(exc)]
         dist.broadcast_object_list(shared, src=0)
         if isinstance(shared[0], str):
             return _quit(env, f"degl: error: {shared[0]}", 2)
@@ -262,7 +265,7 @@ def run_rank(cfg: TrainConfig, resume_dir: Path | None, print_summary: bool, boa
                     if recorder.state is not None:
                         recorder.state.restore(meta)
             except UserError as exc:
-                problem = f"rank {env.rank}: cannot resume from {resume_dir}: {exc}"
+                problem = f"rank {env.rank}: cannot resume from {resume_dir}: {cli_message(exc)}"
             problem = _agree(env, problem)
             if problem:
                 return _quit(env, f"degl: error: {problem}", 2)
@@ -284,7 +287,7 @@ def run_rank(cfg: TrainConfig, resume_dir: Path | None, print_summary: bool, boa
         log(env.rank, f"error: {exc}")
         return PEER_FAILED
     except UserError as exc:
-        log(env.rank, f"error: {exc}")
+        log(env.rank, f"error: {cli_message(exc)}")
         return 2
     except KeyboardInterrupt:
         log(env.rank, "aborted")
@@ -329,7 +332,7 @@ def launch_local(cfg: TrainConfig, *, resume_dir: Path | None) -> int:
         lock_run_dir(run_dir)
     # This process has only parsed the command line (no torch computation): forking is safe and saves
     # each rank importing torch again.
-    board = ProgressBoard(num) if cfg.progress else None  # shared memory, inherited by the forked ranks
+    board = ProgressBoard(num) if draws_progress(cfg.progress) else None  # shared memory, inherited by the forked ranks
     try:
         codes = watch(start(run_rank, num, (cfg, resume_dir, False, board), start_method="fork"), cfg.fault_timeout)
     finally:

@@ -87,7 +87,7 @@ def train_stage(
     buffer_size: int = 4,
     max_reuse: int | None = None,
     slowdown: float = 1.0,
-    progress: bool = True,
+    progress: bool | None = None,
     seed: int = 0,
 ) -> PipelineResult:
     """Train stage ``env.rank`` of ``stages`` in the pipeline of ``env.world_size`` processes.
@@ -104,6 +104,7 @@ def train_stage(
             or one of the alternatives ``dni``, ``cdni``, ``ddg``, ``fr`` (gradients flow back between
             ranks; bit-identical to :class:`degl.GradientMethod`; only the last stage has a loss).
         seed: seeds the DNI/cDNI synthesizers and the replay buffers (the same on every rank, and in one process).
+        progress: rank 0's progress bars: True, False, or None (drawn when stderr is a terminal).
         slowdown: make this rank emulate a device that many times slower (it repeats each step's
             work without effect; e.g. ``3.0 if env.rank == 1 else 1.0``).
 

@@ -49,7 +49,7 @@ class SyncRank:
         recorder: saves checkpoints and metrics; ``None`` keeps the reports in :attr:`history`.
         slowdown: emulate a slower device: every step's work is done that many times on average
             (the repeats change nothing; see :meth:`StageStep.rehearse`).
-        progress: show a progress bar (rank 0).
+        progress: rank 0's progress bar: True, False, or None (drawn when stderr is a terminal).
         board: the local ranks' shared progress figures, shown in rank 0's bar.
         hooks: observers of the loop (:mod:`degl.runtime.hooks`): ``--trace``'s timeline, the
             progress board, a benchmark's marks.
@@ -67,7 +67,7 @@ class SyncRank:
         test_batches: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
         recorder: Recorder | None = None,
         slowdown: float = 1.0,
-        progress: bool = False,
+        progress: bool | None = False,
         board: ProgressBoard | None = None,
         hooks: Sequence[RankHooks] = (),
     ) -> None:
@@ -79,7 +79,7 @@ class SyncRank:
         self.recorder = recorder
         self.slowdown = slowdown
         self.extra_work = ExtraWork(slowdown)
-        self.progress = progress and rank == 0
+        self.progress = progress if rank == 0 else False
         self.device = step.device
         self.wire = plan.wire_dtype
         # The codecs of the boundaries before and after this rank: built as one process builds them,
