@@ -9,7 +9,7 @@ import torch
 
 from conftest import SYNTH, read_metrics, run_degl
 from degl.core.alternatives import GradientMethod
-from degl.core.gradient_steps import DelayedGradientStep, SyntheticGradientStep
+from degl.core.alternatives.steps import DelayedGradientStep, SyntheticGradientStep
 from degl.core.methods import Backprop, build_method
 from degl.core.optim import OptimSettings
 from degl.core.split import build_stages

@@ -14,8 +14,8 @@ import torch
 
 from conftest import SYNTH, run_degl
 from degl.cli import main
-from degl.core.codec import Codec, build_codec, channel_dim, check_codec, nbytes, parse_codec
-from degl.core.codec_vq import VQCodec
+from degl.core.codecs import Codec, build_codec, channel_dim, check_codec, nbytes, parse_codec
+from degl.core.codecs.vq import VQCodec
 from degl.core.replay_buffer import ReplayBuffer
 from degl.errors import UserError
 from degl.run import checkpoint

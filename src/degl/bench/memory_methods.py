@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from degl.core.gradient_steps import DelayedGradientStep
+from degl.core.alternatives.steps import DelayedGradientStep
 from degl.core.measure import SavedActivationMeter
 from degl.core.methods import build_method
 from degl.core.optim import OptimSettings

@@ -20,7 +20,7 @@ import torch
 from degl.bench import add_common_options, add_method_option, parse_methods
 from degl.bench.pipeline_methods import refuse_inapplicable, run_methods
 from degl.bench.pipeline_ranks import run_mode
-from degl.core.codec import build_codec, check_codec, parse_codec
+from degl.core.codecs import build_codec, check_codec, parse_codec
 from degl.core.split import build_stages
 from degl.errors import UserError
 from degl.models import build_model

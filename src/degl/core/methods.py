@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from degl.core.alternatives import GradientMethod
-from degl.core.codec import Codec, build_codec, check_codec
+from degl.core.codecs import Codec, build_codec, check_codec
 from degl.core.method_base import Method
 from degl.core.optim import OptimizerFactory, SchedulerFactory
 from degl.core.parameter_error import ParameterError

@@ -40,7 +40,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from degl.core.codec import Codec, buffer_codec
+from degl.core.codecs import Codec, buffer_codec
 from degl.data.loader import mix_seed
 from degl.errors import UserError
 

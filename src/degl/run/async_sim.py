@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from degl.core.accounting import train_line
-from degl.core.codec import evaluate_coded
+from degl.core.codecs import evaluate_coded
 from degl.core.replay_buffer import replay_buffer_for
 from degl.data.loader import mix_seed
 from degl.run import checkpoint

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from degl.core.accounting import NONFINITE_POLICIES
-from degl.core.codec import parse_codec
+from degl.core.codecs import parse_codec
 from degl.errors import UserError
 
 METHODS = ("backprop", "dgl", "sgl", "async-dgl", "dni", "cdni", "ddg", "fr")

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from degl.core.codec import check_codec, parse_codec
+from degl.core.codecs import check_codec, parse_codec
 from degl.core.parameter_error import cli_message
 from degl.core.step import Precision
 from degl.errors import UserError

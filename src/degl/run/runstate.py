@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 import degl
 from degl.core.accounting import EpochStats, Position, report_nonfinite, train_line
-from degl.core.codec import wire_bytes_per_sample
+from degl.core.codecs import wire_bytes_per_sample
 from degl.core.stage import Stage
 from degl.core.step import PRECISION_DTYPES
 from degl.run import checkpoint

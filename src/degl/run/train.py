@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from degl.core.codec import evaluate_coded
+from degl.core.codecs import evaluate_coded
 from degl.core.feature_cache import FrozenFeatureCache
 from degl.core.methods import SequentialGreedy
 from degl.data.base import BatchLoader

@@ -9,7 +9,7 @@ message per training batch, in batch order:
 A background thread receives them (:class:`BackgroundInbox`), so a rank sending a gradient never
 waits for its receiver to post a receive; backpressure (``--max-in-flight``), ``--fault-timeout``
 and a dead neighbour's :class:`PeerError` work as for the forward messages. The stage step
-(:mod:`degl.core.gradient_steps`) decides when a gradient is due; the delays are chosen so that
+(:mod:`degl.core.alternatives.steps`) decides when a gradient is due; the delays are chosen so that
 in steady state it has already arrived. At the end of an epoch or at a stop every rank settles
 what it still owes (waiting for the ranks above), and at the end of its run rank k sends DONE.
 The order of operations on each rank is that of :class:`degl.core.alternatives.GradientMethod`,
@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from degl.core.gradient_steps import GradientStep
+from degl.core.alternatives.steps import GradientStep
 from degl.runtime.plan import DATA, DONE, Link, Plan
 from degl.runtime.stopping import StopPolicy
 from degl.runtime.sync_rank import SyncRank
@@ -62,7 +62,7 @@ class GradientRank(SyncRank):
     """One rank of the dni / cdni / ddg / fr pipeline.
 
     Args:
-        step: this rank's :class:`~degl.core.gradient_steps` step (built by
+        step: this rank's :class:`~degl.core.alternatives.steps` step (built by
             :func:`degl.core.alternatives.make_gradient_step`).
         link: a :class:`GradientLink`.
         timeout_s: how long to wait for a gradient before calling rank + 1 dead.

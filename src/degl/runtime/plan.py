@@ -8,7 +8,7 @@ Used by every rank loop (:mod:`degl.runtime.sync_rank` and the loops built on it
 Messages (shapes are known from the plan, so receives are posted early):
     train:  [activations..., meta int64 (labels..., control, epoch, step)]
     eval:   [activations..., meta, ensemble float32 (n, classes)]
-where "activations..." are the tensors of the boundary's codec (:mod:`degl.core.codec`): with the
+where "activations..." are the tensors of the boundary's codec (:mod:`degl.core.codecs`): with the
 default ``none``, the activations (n, *shape) in the wire dtype.
 A STOP (a step budget or Ctrl-C on rank 0) replaces a train message and travels down the line.
 """
@@ -42,7 +42,7 @@ class Plan:
     wire: str = "fp32"
     """dtype of activations on the wire: fp32, bf16 or fp16."""
     codec: str = "none"
-    """How activations cross each boundary (:mod:`degl.core.codec`); ``none`` sends them in ``wire``."""
+    """How activations cross each boundary (:mod:`degl.core.codecs`); ``none`` sends them in ``wire``."""
     codec_seed: int = 0
     """Seeds the codecs' random choices (the run's seed: the same codecs as in one process)."""
 

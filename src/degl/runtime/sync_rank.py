@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from degl.core.accounting import EpochStats, Position
-from degl.core.codec import build_codec
+from degl.core.codecs import build_codec
 from degl.core.evaluate import EvalAccumulator, EvalResult, ensemble_weight
 from degl.core.step import StageStep
 from degl.runtime.control import ProgressBoard, progress_bar, progress_note, slowest_in_reports

@@ -11,7 +11,7 @@
 
 Only the last stage has a loss, so only its head is trained and scored (as in backprop). The
 order of operations is that of the pipeline (:mod:`degl.runtime.gradient_rank`), so a pipeline
-run equals this one bit for bit; :mod:`degl.core.gradient_steps` explains the delays. At the end
+run equals this one bit for bit; :mod:`degl.core.alternatives.steps` explains the delays. At the end
 of an epoch (and at a stop) every outstanding gradient is settled, top stage first, so an epoch
 gives every stage exactly one update per batch and checkpoints hold no gradient in flight.
 """
@@ -24,13 +24,13 @@ from typing import Any
 
 import torch
 
-from degl.core.gradient_steps import DelayedGradientStep, GradientStep, LossStep, SyntheticGradientStep
+from degl.core.alternatives.steps import DelayedGradientStep, GradientStep, LossStep, SyntheticGradientStep
+from degl.core.alternatives.synthesizer import build_synthesizer
 from degl.core.method_base import Method
 from degl.core.optim import OptimizerFactory, SchedulerFactory
 from degl.core.parameter_error import ParameterError
 from degl.core.stage import Stage, head_classes
 from degl.core.step import LossFn, StepResult
-from degl.core.synthesizer import build_synthesizer
 from degl.errors import UserError
 
 GRADIENT_METHODS = ("dni", "cdni", "ddg", "fr")

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from degl.core.alternatives.synthesizer import Synthesizer
 from degl.core.step import StageStep, StepResult, advance_schedule
-from degl.core.synthesizer import Synthesizer
 
 Advance = tuple[torch.Tensor, torch.Tensor | None, StepResult | None]
 """``(output detached, gradient to send back or None, head's result or None)``."""

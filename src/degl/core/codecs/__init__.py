@@ -17,7 +17,7 @@ Codecs (``--codec``/``--buffer-codec`` syntax, validated by :func:`parse_codec`;
 ``int8[:sample][:sr]``  affine 8-bit: per channel over the batch (or ``:sample``: per sample and
                     channel) ``q = round((x - lo) / scale)`` in ``uint8``, ``scale = (hi - lo) / 255``;
                     ``:sr`` rounds stochastically (seeded) while training
-``vq[:C[:D[:R]]]``  online vector quantization (:mod:`degl.core.codec_vq`)
+``vq[:C[:D[:R]]]``  online vector quantization (:mod:`degl.core.codecs.vq`)
 
 The "channel" of an activation is dim 1 of a 4-d ``(n, C, H, W)`` tensor and the last dim otherwise
 (features ``(n, D)``, tokens ``(n, T, D)``).
@@ -32,9 +32,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from degl.core.codec_base import Codec as Codec  # re-exported: the interface lives beside the codecs' users
-from degl.core.codec_base import TensorSpec, channel_dim, mix
-from degl.core.codec_base import nbytes as nbytes
+from degl.core.codecs.base import Codec as Codec  # re-exported: the interface lives beside the codecs' users
+from degl.core.codecs.base import TensorSpec, channel_dim, mix
+from degl.core.codecs.base import nbytes as nbytes
 from degl.errors import UserError
 
 CAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -185,7 +185,7 @@ def build_codec(
         return CastCodec(parsed.kind)
     if parsed.kind == "int8":
         return Int8Codec(per_sample=parsed.per_sample, stochastic=parsed.stochastic, seed=codec_seed)
-    from degl.core.codec_vq import VQCodec
+    from degl.core.codecs.vq import VQCodec
 
     return VQCodec(codes=parsed.codes, dim=parsed.dim, rows=parsed.rows, seed=codec_seed)
 

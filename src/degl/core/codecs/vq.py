@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from degl.core.codec_base import Codec, TensorSpec, channel_dim
+from degl.core.codecs.base import Codec, TensorSpec, channel_dim
 from degl.errors import UserError
 
 DECAY = 0.99

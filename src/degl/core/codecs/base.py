@@ -1,4 +1,4 @@
-"""The codec interface and the helpers every codec shares (see :mod:`degl.core.codec`)."""
+"""The codec interface and the helpers every codec shares (see :mod:`degl.core.codecs`)."""
 
 from __future__ import annotations
 
