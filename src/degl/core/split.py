@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from degl.core.measure import count_flops, saved_activation_bytes, train_time
+from degl.core.objectives import ObjectiveFactory, objective_factory
 from degl.core.parameter_error import ParameterError
 from degl.core.stage import Stage
 from degl.errors import UserError
@@ -158,6 +159,8 @@ def build_stages(
     classifier: nn.Module | None = None,
     time_batch: int = 32,
     split_at: Sequence[str] | None = None,
+    objective: str | ObjectiveFactory = "aux",
+    predsim_beta: float | None = None,
 ) -> list[Stage]:
     """Cut ``model`` into ``num_stages`` stages with aux heads.
 
@@ -177,7 +180,12 @@ def build_stages(
             head for an ``nn.Sequential``.
         split_at: qualified submodule names where stages 1..K-1 begin (``["layer2", "layer4"]``;
             ``Backbone.block_names`` lists them; for an ``nn.Sequential``, its child names).
+        objective: what stages 0..K-2 minimise (:mod:`degl.core.objectives`): ``aux`` (the
+            ``aux`` head with cross-entropy), ``predsim``, ``sim``, ``path/to/file.py:FUNCTION`` or a
+            function ``f(in_shape, num_classes)`` returning an objective module.
+        predsim_beta: predsim's weight of similarity matching (default 0.99).
     """
+    objective_for = objective_factory(objective, beta=predsim_beta)
     if not isinstance(model, (Backbone, nn.Module)):
         raise UserError(f"build_stages needs an nn.Module or a Backbone, got a {type(model).__name__}")
     if not isinstance(model, (Backbone, nn.Sequential)):
@@ -267,6 +275,8 @@ def build_stages(
         last = index == num_stages - 1
         if last and head is not None:
             stage_head = head
+        elif objective_for is not None and not last:  # the last stage is scored by its classifier
+            stage_head = objective_for(tuple(out_shape), num_classes)
         elif aux in extra_heads:
             stage_head = extra_heads[aux](out_shape, num_classes)
         else:

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from degl.core.objectives.base import objective_loss
 from degl.core.stage import Stage
 from degl.errors import UserError
 
@@ -141,7 +142,7 @@ class StageStep:
         optimizer.zero_grad(set_to_none=True)
         with self.precision.autocast():
             features, logits = self.stage(x)
-            loss = self.loss_fn(logits, y)
+            loss = objective_loss(self.stage.head, features, logits, y, self.loss_fn)
         if scaler is None:
             loss.backward()
             optimizer.step()
@@ -163,9 +164,9 @@ class StageStep:
         params = [p for p in self.stage.parameters() if p.requires_grad]
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             with self.precision.autocast():
-                _, logits = self.stage(x)
-                loss = self.loss_fn(logits, y)
-            torch.autograd.grad(loss, params)
+                features, logits = self.stage(x)
+                loss = objective_loss(self.stage.head, features, logits, y, self.loss_fn)
+            torch.autograd.grad(loss, params, allow_unused=True)
         with torch.no_grad():
             for saved, buffer in zip(buffers, self.stage.buffers()):
                 buffer.copy_(saved)

@@ -13,7 +13,9 @@ import importlib
 import importlib.util
 import inspect
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -45,19 +47,8 @@ def load_model(name: str, *, num_classes: int | None, input_shape: tuple[int, ..
     (a ``num_classes`` parameter, or ``**kwargs`` like torchvision's builders)."""
     if name.startswith(TORCHVISION):
         return _torchvision(name.removeprefix(TORCHVISION), num_classes, input_shape)
-    where, _, function = name.rpartition(":")
-    if not where or not function.isidentifier():
-        raise UserError(
-            f"model {name!r}: expected torchvision:NAME, path/to/file.py:FUNCTION or package.module:FUNCTION"
-        )
-    looks_like_file = where.endswith(".py") or "/" in where or "\\" in where
-    module = _from_file(Path(where)) if looks_like_file else _from_module(where)
-    builder = getattr(module, function, None)
-    if not callable(builder):
-        defined = sorted(k for k, v in vars(module).items() if inspect.isfunction(v) and not k.startswith("_"))
-        raise UserError(
-            f"model {name!r}: {where} has no function {function!r} (functions there: {', '.join(defined) or 'none'})"
-        )
+    builder = load_function(name, "model", forms=f"torchvision:NAME, {FUNCTION_FORMS}")
+    function = name.rpartition(":")[2]
     parameters = _parameters(builder)
     required = [p.name for p in parameters.values() if p.default is p.empty and p.name != "num_classes"]
     required = [
@@ -77,6 +68,28 @@ def load_model(name: str, *, num_classes: int | None, input_shape: tuple[int, ..
     if not isinstance(model, nn.Module):
         raise UserError(f"model {name!r}: {function}() returned a {type(model).__name__}, not an nn.Module")
     return model
+
+
+FUNCTION_FORMS = "path/to/file.py:FUNCTION or package.module:FUNCTION"
+
+
+def load_function(name: str, what: str, *, forms: str = FUNCTION_FORMS) -> Callable[..., Any]:
+    """The function ``path/to/file.py:FUNCTION`` or ``package.module:FUNCTION`` names.
+
+    ``what`` names it in errors (``model``, ``objective``); ``forms``: the accepted forms, for the error.
+    """
+    where, _, function = name.rpartition(":")
+    if not where or not function.isidentifier():
+        raise UserError(f"{what} {name!r}: expected {forms}")
+    looks_like_file = where.endswith(".py") or "/" in where or "\\" in where
+    module = _from_file(Path(where), what) if looks_like_file else _from_module(where)
+    found = getattr(module, function, None)
+    if not callable(found):
+        defined = sorted(k for k, v in vars(module).items() if inspect.isfunction(v) and not k.startswith("_"))
+        raise UserError(
+            f"{what} {name!r}: {where} has no function {function!r} (functions there: {', '.join(defined) or 'none'})"
+        )
+    return found
 
 
 def _torchvision(arch: str, num_classes: int | None, input_shape: tuple[int, ...]) -> nn.Module:
@@ -102,9 +115,9 @@ def _torchvision(arch: str, num_classes: int | None, input_shape: tuple[int, ...
         raise UserError(f"torchvision:{arch} cannot be built with {options}: {exc}") from None
 
 
-def _from_file(path: Path) -> object:
+def _from_file(path: Path, what: str) -> object:
     if not path.is_file():
-        raise UserError(f"model file {str(path)!r} does not exist")
+        raise UserError(f"{what} file {str(path)!r} does not exist")
     resolved = path.resolve()
     # A stable, unique module name: the same file imports once per process, different files never clash.
     digest = hashlib.sha1(str(resolved).encode()).hexdigest()[:12]
@@ -113,14 +126,14 @@ def _from_file(path: Path) -> object:
         return sys.modules[module_name]
     spec = importlib.util.spec_from_file_location(module_name, resolved)
     if spec is None or spec.loader is None:  # no loader for the suffix: not a .py file
-        raise UserError(f"model file {str(path)!r} is not a Python file (.py); give path/to/file.py:FUNCTION")
+        raise UserError(f"{what} file {str(path)!r} is not a Python file (.py); give path/to/file.py:FUNCTION")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
     try:
         spec.loader.exec_module(module)
     except (ImportError, SyntaxError) as exc:
         del sys.modules[module_name]
-        raise UserError(f"cannot import model file {str(path)!r}: {type(exc).__name__}: {exc}") from None
+        raise UserError(f"cannot import {what} file {str(path)!r}: {type(exc).__name__}: {exc}") from None
     except BaseException:
         del sys.modules[module_name]
         raise
