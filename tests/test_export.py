@@ -14,9 +14,6 @@ from degl.cli import main
 from degl.run.evaluation import evaluate_run, load_run
 from degl.run.exported import load_exported
 
-# Every test reads the module's trained runs: one worker trains them once.
-pytestmark = pytest.mark.xdist_group("export-runs")
-
 TINY = [*SYNTH, "--threads", "1", "--epochs", "1"]
 SEQUENTIAL = """
 from torch import nn

@@ -26,10 +26,6 @@ def stopped_run(tmp_path_factory) -> Path:
     return run
 
 
-# The tests that read stopped_run share one worker, so it is trained once.
-SHARES_STOPPED_RUN = pytest.mark.xdist_group("reliability-stopped-run")
-
-
 def copy_run(run: Path, tmp_path: Path) -> Path:
     target = tmp_path / "copy"
     shutil.copytree(run, target)
@@ -88,7 +84,6 @@ def test_a_diverged_run_stops_at_the_first_non_finite_step_and_checkpoints_nothi
         json.loads(line)  # strict JSON: no bare NaN
 
 
-@SHARES_STOPPED_RUN
 def test_resume_after_a_cut_metrics_line_leaves_a_readable_file(stopped_run, tmp_path, capsys):
     run = copy_run(stopped_run, tmp_path)
     metrics = run / "metrics.jsonl"
@@ -99,7 +94,6 @@ def test_resume_after_a_cut_metrics_line_leaves_a_readable_file(stopped_run, tmp
     assert main(["plot", str(run), "--out", str(tmp_path / "curves.png")]) == 0
 
 
-@SHARES_STOPPED_RUN
 def test_a_binary_metrics_file_is_one_error_line(stopped_run, tmp_path, capsys):
     run = copy_run(stopped_run, tmp_path)
     (run / "metrics.jsonl").write_bytes(b"\xff\xfe\x00binary")
@@ -127,7 +121,6 @@ def test_a_file_models_default_run_dir_is_one_folder_named_after_the_file(tmp_pa
     assert made.name.startswith("dgl-ok-build-") and (made / "config.yaml").is_file()
 
 
-@SHARES_STOPPED_RUN
 def test_latest_pointing_outside_the_run_is_not_followed(stopped_run, tmp_path, capsys):
     run = copy_run(stopped_run, tmp_path)
     other = tmp_path / "other"
@@ -139,7 +132,6 @@ def test_latest_pointing_outside_the_run_is_not_followed(stopped_run, tmp_path, 
     assert path == own and "does not name a complete checkpoint" in capsys.readouterr().err
 
 
-@SHARES_STOPPED_RUN
 @pytest.mark.parametrize("damage", ["deleted", "missing-step", "not-utf8"])
 def test_a_damaged_latest_pointer_resumes_from_the_newest_complete_checkpoint(stopped_run, tmp_path, damage, capsys):
     run = copy_run(stopped_run, tmp_path)
@@ -202,7 +194,6 @@ def test_a_full_disk_during_a_checkpoint_is_one_error_line_and_leaves_no_tempora
     assert not list(run.rglob("*.tmp"))
 
 
-@SHARES_STOPPED_RUN
 def test_resume_refuses_a_config_yaml_edited_since_the_checkpoint(stopped_run, tmp_path, capsys):
     import yaml
 
