@@ -17,9 +17,21 @@ def read(run, name):
     return (run / name).read_text()
 
 
-def test_buffer_one_round_robin_equals_synchronous_dgl(tmp_path, capsys):
-    sync, async_ = tmp_path / "sync", tmp_path / "async"
-    assert main(["train", *EXACT, "--out", str(sync)]) == 0
+@pytest.fixture(scope="module")
+def sync_run(tmp_path_factory):
+    """Synchronous DGL on EXACT, the reference both exactness tests compare with (they only read it)."""
+    run = tmp_path_factory.mktemp("async-sim") / "sync"
+    assert main(["train", *EXACT, "--out", str(run)]) == 0
+    torch.use_deterministic_algorithms(False)  # as the hygiene fixture leaves every test
+    return run
+
+
+SHARES_SYNC_RUN = pytest.mark.xdist_group("async-sim-sync-run")  # one worker trains sync_run once
+
+
+@SHARES_SYNC_RUN
+def test_buffer_one_round_robin_equals_synchronous_dgl(sync_run, tmp_path, capsys):
+    sync, async_ = sync_run, tmp_path / "async"
     assert (
         main(
             [
@@ -58,9 +70,9 @@ def assert_same_weights(a, b, num_stages=3):
         assert moments_a and all(torch.equal(x, y) for x, y in zip(moments_a, moments_b, strict=True)), k
 
 
-def test_buffer_zero_is_synchronous_dgl(tmp_path):
-    sync, zero = tmp_path / "sync", tmp_path / "zero"
-    assert main(["train", *EXACT, "--out", str(sync)]) == 0
+@SHARES_SYNC_RUN
+def test_buffer_zero_is_synchronous_dgl(sync_run, tmp_path):
+    sync, zero = sync_run, tmp_path / "zero"
     assert main(["train", *EXACT, "--method", "async-dgl", "--buffer", "0", "--out", str(zero)]) == 0
     assert read_metrics(sync) == read_metrics(zero)
     assert_same_weights(sync, zero)

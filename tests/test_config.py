@@ -1,9 +1,11 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
+import yaml
 
 from degl.errors import UserError
-from degl.run.config import TrainConfig, load_config_file, make_config
+from degl.run.config import TrainConfig, inapplicable_options, load_config_file, make_config
 
 
 def write(path: Path, text: str) -> Path:
@@ -58,9 +60,18 @@ def test_validation_rejects(field, value):
         make_config({field: value})
 
 
-def test_defaults_are_valid():
-    make_config({})
-    assert TrainConfig().dataset == "fashion-mnist"
+def test_defaults_make_a_run_that_ignores_nothing_and_a_saved_config_loads_back(tmp_path):
+    # Missing fields take their defaults, and no default is one the run would ignore.
+    cfg = make_config({})
+    assert cfg == TrainConfig() and inapplicable_options(cfg) == {}
+    # A config written as YAML (what compare hands to each run) loads back to the same config,
+    # list-valued options included.
+    given = {"epochs": 3, "stages": 3, "cuts": "1,2", "input_shape": "1,8,8", "slowdown": "1:1.5"}
+    changed = make_config(given)
+    parsed = {"epochs": 3, "stages": 3, "cuts": (1, 2), "input_shape": (1, 8, 8), "slowdown": {1: 1.5}}
+    assert changed == dataclasses.replace(cfg, **parsed)
+    path = write(tmp_path / "c.yaml", yaml.safe_dump(changed.to_dict()))
+    assert make_config(load_config_file(path)) == changed
 
 
 @pytest.mark.parametrize(
@@ -89,9 +100,15 @@ def test_options_the_run_would_ignore_are_refused(values, message):
 
 
 def test_applicable_options_and_their_defaults_are_accepted():
-    make_config({"method": "async-dgl", "buffer": 3, "async_order": "round-robin", "max_reuse": 2})
-    make_config({"optimizer": "adam", "momentum": 0.9, "nesterov": False})  # the defaults: nothing ignored
-    make_config({"schedule": "step", "lr_decay_every": 5, "lr_decay_factor": 0.5})
+    cfg = make_config({"method": "async-dgl", "buffer": 3, "async_order": "round-robin", "max_reuse": 2})
+    assert (cfg.buffer, cfg.async_order, cfg.max_reuse) == (3, "round-robin", 2) and inapplicable_options(cfg) == {}
+    # The defaults of options adam ignores are accepted: only a value that differs is one the run would ignore.
+    cfg = make_config({"optimizer": "adam", "momentum": 0.9, "nesterov": False})
+    assert cfg.optimizer == "adam" and inapplicable_options(cfg) == {}
+    changed = make_config({"optimizer": "adam", "momentum": 0.5}, check_applicable=False)
+    assert inapplicable_options(changed) == {"momentum": "applies to --optimizer sgd"}
+    cfg = make_config({"schedule": "step", "lr_decay_every": 5, "lr_decay_factor": 0.5})
+    assert (cfg.lr_decay_every, cfg.lr_decay_factor) == (5, 0.5) and inapplicable_options(cfg) == {}
 
 
 def test_compare_keeps_an_option_for_the_methods_it_applies_to(tmp_path):

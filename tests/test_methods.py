@@ -112,6 +112,26 @@ def test_fp16_on_cpu_is_refused():
 
 
 def test_bf16_autocast_trains_on_cpu():
-    dgl = DGL(stages_for(2), precision="bf16", **KWARGS)
-    losses = [r.loss.item() for x, y in batches(4) for r in dgl.train_step(x, y)]
-    assert all(torch.isfinite(torch.tensor(losses)))
+    def train(precision):
+        dgl = DGL(stages_for(2), precision=precision, **KWARGS)
+        seen = []  # the dtype of every conv and linear output, heads included
+
+        def hook(module, inputs, output):
+            seen.append(output.dtype)
+
+        for stage in dgl.stages:
+            for module in stage.modules():
+                if isinstance(module, torch.nn.Conv2d | torch.nn.Linear):
+                    module.register_forward_hook(hook)
+        losses = [r.loss.item() for x, y in batches(4) for r in dgl.train_step(x, y)]
+        return dgl, set(seen), losses
+
+    bf16, bf16_dtypes, bf16_losses = train("bf16")
+    _, fp32_dtypes, fp32_losses = train("fp32")
+    assert bf16_dtypes == {torch.bfloat16} and fp32_dtypes == {torch.float32}
+    assert all(torch.isfinite(torch.tensor(bf16_losses)))
+    # the same run in fp32 gives other numbers (bf16 keeps 8 bits of mantissa) ...
+    assert bf16_losses != fp32_losses
+    assert bf16_losses == pytest.approx(fp32_losses, rel=0.1)
+    # ... while the weights the optimizer updates stay fp32 (autocast, not a model cast to bf16)
+    assert all(p.dtype == torch.float32 for p in bf16.stages[0].parameters())

@@ -62,8 +62,11 @@ def test_channels_last_trains_to_the_same_numbers(tmp_path):
 @pytest.mark.slow
 def test_compiled_stages_train_and_checkpoint_like_eager_ones(tmp_path):
     # In a child process: inductor keeps a process-wide compile thread pool alive, which would outlive the test.
+    # One compile thread: on a machine of few cores, starting inductor's pool of compile workers costs
+    # more than the few small graphs of this run take to compile.
     out = tmp_path / "run"
-    done = run_degl("train", *SYNTH, "--stages", "2", "--max-steps", "2", "--compile", "--out", str(out))
+    args = ["train", *SYNTH, "--stages", "2", "--max-steps", "2", "--compile", "--out", str(out)]
+    done = run_degl(*args, env={"TORCHINDUCTOR_COMPILE_THREADS": "1"})
     assert done.returncode == 0, done.stderr
     from degl.run import checkpoint
 
