@@ -17,6 +17,17 @@ from degl.data.fashion_mnist import candidate_dirs
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under ``pytest -n N`` every worker (and every CLI it starts) gets its share of the cores: with
+    torch's default of all cores each, the workers' threads fight over the same cores and a one-second
+    epoch can take a minute. Tests that measure threads set them explicitly."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        share = str(max(1, (os.cpu_count() or 1) // int(workers)))
+        os.environ.setdefault("OMP_NUM_THREADS", share)
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
 @pytest.fixture(autouse=True)
 def hygiene(tmp_path, monkeypatch):
     """Run in an empty directory; restore env, torch flags and threads; fail on leaked children."""

@@ -1,4 +1,4 @@
-"""CIFAR ResNet-110 of the DDG comparison (paper-spec §2.6).
+"""CIFAR ResNets: ResNet-110 of the DDG comparison (paper-spec §2.6), and ResNet-20/32/56 of its family.
 
 BasicBlocks in three groups of 18, 16/32/64 channels, with "option A" shortcuts: where a block
 halves the resolution and doubles the width, the identity path subsamples every other pixel and
@@ -75,19 +75,72 @@ def cifar_resnet(
     classifier = nn.Linear(in_channels, num_classes)
     for module in nn.ModuleList(blocks).modules():
         he_init(module)  # the DDG code's N(0, sqrt(2/(k*k*out))) convs; classifier default
-    half = math.ceil(len(blocks) / 2)
-    return Backbone(name, blocks, classifier, tuple(input_shape), paper_cuts={2: (half,)})
+    paper_cuts = {2: (math.ceil(len(blocks) / 2),)}
+    for num_stages, ends in INFOPRO_ENDS.get(name, {}).items():
+        paper_cuts.setdefault(num_stages, infopro_cuts(ends, blocks_per_group))
+    return Backbone(name, blocks, classifier, tuple(input_shape), paper_cuts=paper_cuts)
+
+
+# Where InfoPro (Wang et al., ICLR 2021, its CIFAR configs table, read not copied) ends each local
+# module but the last: (group, block) = after that 0-based block of residual group 1..3; (0, 0) =
+# after the stem. Its Table 2 (K = 2..16) is measured at these boundaries.
+INFOPRO_ENDS: dict[str, dict[int, tuple[tuple[int, int], ...]]] = {
+    "resnet32": {
+        2: ((2, 1),),
+        4: ((1, 2), (2, 1), (3, 0)),
+        8: ((1, 0), (1, 2), (1, 4), (2, 1), (2, 3), (3, 0), (3, 2)),
+        16: ((0, 0), *((1, b) for b in range(5)), *((2, b) for b in range(5)), *((3, b) for b in range(4))),
+    },
+    "resnet110": {
+        2: ((2, 8),),
+        4: ((1, 11), (2, 7), (3, 3)),
+        8: ((1, 4), (1, 11), (2, 0), (2, 7), (2, 14), (3, 3), (3, 10)),
+        16: (
+            *((1, b) for b in (1, 4, 7, 10, 13, 16)),
+            *((2, b) for b in (1, 4, 7, 11, 15)),
+            *((3, b) for b in (1, 5, 9, 13)),
+        ),
+    },
+}
+STEM_PIECES = 3  # conv, BN, ReLU
+
+
+def infopro_cuts(ends: tuple[tuple[int, int], ...], blocks_per_group: int) -> tuple[int, ...]:
+    """Block indices where stages 1..K-1 start, from InfoPro's module ends."""
+    return tuple(
+        STEM_PIECES if group == 0 else STEM_PIECES + (group - 1) * blocks_per_group + block + 1 for group, block in ends
+    )
 
 
 @register_model(
     "resnet110",
-    description="CIFAR ResNet-110 (option-A shortcuts) of the DDG comparison; 58 blocks, paper K=2",
+    description="CIFAR ResNet-110 (option-A shortcuts) of the DDG comparison; 58 blocks, DDG's K=2, InfoPro's K=4-16",
 )
 def resnet110(
     *, width: float = 1.0, input_shape: tuple[int, int, int] = (3, 32, 32), num_classes: int = 10
 ) -> Backbone:
     return cifar_resnet(
         name="resnet110", blocks_per_group=18, width=width, input_shape=input_shape, num_classes=num_classes
+    )
+
+
+@register_model(
+    "resnet32",
+    description="CIFAR ResNet-32 (option-A shortcuts), 19 blocks; InfoPro's cuts at K=2, 4, 8, 16",
+)
+def resnet32(*, width: float = 1.0, input_shape: tuple[int, int, int] = (3, 32, 32), num_classes: int = 10) -> Backbone:
+    return cifar_resnet(
+        name="resnet32", blocks_per_group=5, width=width, input_shape=input_shape, num_classes=num_classes
+    )
+
+
+@register_model(
+    "resnet56",
+    description="CIFAR ResNet-56 (option-A shortcuts), 31 blocks; cut by the splitter",
+)
+def resnet56(*, width: float = 1.0, input_shape: tuple[int, int, int] = (3, 32, 32), num_classes: int = 10) -> Backbone:
+    return cifar_resnet(
+        name="resnet56", blocks_per_group=9, width=width, input_shape=input_shape, num_classes=num_classes
     )
 
 
