@@ -11,12 +11,8 @@ from typing import Any
 
 from degl.errors import UserError
 from degl.run.config import (
-    LIST_OPTIONS,
-    TrainConfig,
-    _base_type,
-    _field_types,
+    add_train_options,
     config_fields,
-    format_option,
     load_config_file,
     make_config,
     settle_inapplicable,
@@ -26,58 +22,6 @@ from degl.run.config import (
 class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2, like every other user error
         self.exit(2, f"degl: error: {message}; see '{self.prog} --help'\n")
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def add_train_options(parser: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
-    """One flag per :class:`TrainConfig` field, defaulting to 'not given' so config files can fill them."""
-    types = _field_types()
-    defaults = TrainConfig()
-    groups: dict[str, argparse._ArgumentGroup] = {}
-    for f in config_fields():
-        if f.name in exclude:
-            continue
-        kind, _ = _base_type(types[f.name])
-        if f.name in LIST_OPTIONS:
-            kind = str  # parsed once, by TrainConfig
-        group_name = _group_of(f.name)
-        group = groups.setdefault(group_name, parser.add_argument_group(group_name))
-        default = getattr(defaults, f.name)
-        help_text = f"{f.metadata['help']} (default: {format_option(default) if default is not None else None})"
-        if kind is bool:
-            group.add_argument(
-                _flag(f.name),
-                dest=f.name,
-                action=argparse.BooleanOptionalAction,
-                default=argparse.SUPPRESS,
-                help=help_text,
-            )
-        else:
-            group.add_argument(
-                _flag(f.name),
-                dest=f.name,
-                type=kind,
-                default=argparse.SUPPRESS,
-                choices=f.metadata.get("choices"),
-                help=help_text,
-                metavar=f.metadata.get("metavar", f.name.upper()) if not f.metadata.get("choices") else None,
-            )
-
-
-def _group_of(name: str) -> str:
-    order = [f.name for f in config_fields()]
-    if order.index("buffer") <= order.index(name) < order.index("dataset"):
-        return "asynchronous DGL (replay buffers)"
-    if order.index(name) < order.index("dataset"):
-        return "what to train"
-    if order.index(name) < order.index("epochs"):
-        return "data"
-    if order.index(name) < order.index("seed"):
-        return "optimisation"
-    return "execution"
 
 
 def build_parser() -> ArgumentParser:
