@@ -329,3 +329,9 @@ def test_runs_saved_before_an_option_existed_are_still_reused():
     assert _same_run(older, current)
     assert not _same_run(older, {**current, "dropout": 0.5})  # a new option set to a non-default value
     assert not _same_run(current, {**current, "lr": current["lr"] / 2})
+
+
+def test_models_refuses_stats_options_without_stats(capsys):
+    assert main(["models", "--width", "2", "--split", "time"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["degl: error: --split, --width: only meaningful with --stats MODEL"]

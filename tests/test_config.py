@@ -127,3 +127,21 @@ def test_runs_saved_before_async_order_defaulted_to_none_still_load():
     assert make_config(upgrade_saved_config(old)).async_order is None
     buffered = {**old, "method": "async-dgl", "buffer": 2}
     assert make_config(upgrade_saved_config(buffered)).async_order == "random"
+
+
+def test_every_option_is_in_one_group_and_a_group_reads_as_a_dict():
+    from degl.run.config import GROUPS, config_fields
+
+    assert {f.metadata["group"] for f in config_fields()} == set(GROUPS)
+    cfg = make_config({"lr": 0.5})
+    assert cfg.group("optimisation")["lr"] == 0.5 == cfg.lr and "lr" not in cfg.group("run")
+    assert sum(len(cfg.group(name)) for name in GROUPS) == len(config_fields())
+    with pytest.raises(ValueError, match="unknown option group 'nope'"):
+        cfg.group("nope")
+
+
+def test_gradient_methods_are_defined_once():
+    from degl.core import alternatives
+    from degl.run import config
+
+    assert config.GRADIENT_METHODS is alternatives.GRADIENT_METHODS

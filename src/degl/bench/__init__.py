@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,36 +17,35 @@ from degl.core.optim import OptimSettings
 from degl.core.split import build_stages
 from degl.errors import UserError
 from degl.models import build_model
-from degl.run.config import parse_cuts, parse_shape
+from degl.run.config import Rule, TrainConfig, add_config_options, parse_cuts, parse_shape, refuse_ignored
 from degl.run.setup import resolve_device
+
+COMMON_OPTIONS = (
+    "model",
+    "width",
+    "stages",
+    "aux",
+    "split",
+    "cuts",
+    "batch_size",
+    "input_shape",
+    "num_classes",
+    "device",
+    "precision",
+    "threads",
+    "seed",
+)
+"""The ``degl train`` options every benchmark takes (same names, help and choices)."""
 
 
 def add_common_options(parser: argparse.ArgumentParser, *, split: str = "auto") -> None:
-    parser.add_argument("--model", default="cnn6", help="backbone (default: cnn6)")
-    parser.add_argument("--width", type=float, default=1.0, help="channel-width multiplier (default: 1.0)")
-    parser.add_argument("--stages", type=int, default=4, help="number of DGL stages K (default: 4)")
-    parser.add_argument("--aux", default="mlp-sr", help="aux head of stages 1..K-1 (default: mlp-sr)")
-    parser.add_argument(
-        "--split",
-        default=split,
-        choices=("auto", "flops", "memory", "blocks", *(("time",) if split == "time" else ())),
-        help=f"how to cut blocks into stages (default: {split})",
-    )
-    parser.add_argument("--cuts", default=None, help="explicit cut points, e.g. 1,3,5")
-    parser.add_argument("--batch-size", type=int, default=128, help="batch size (default: 128)")
-    parser.add_argument("--input-shape", default="3,32,32", help="C,H,W of one input (default: 3,32,32)")
-    parser.add_argument("--num-classes", type=int, default=10, help="classes (default: 10)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="(default: fp32)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--seed", type=int, default=0, help="initialisation seed (default: 0)")
+    # A benchmark measures the CPU unless told otherwise; ``split``: the kind's own default cut.
+    add_config_options(parser, COMMON_OPTIONS, defaults={"device": "cpu", "split": split})
 
 
 def add_single_process_options(parser: argparse.ArgumentParser) -> None:
     """Options of the benchmarks that train both methods in this process (step, memory)."""
-    parser.add_argument(
-        "--channels-last", action="store_true", help="channels-last memory format for the stages and the batch"
-    )
+    add_config_options(parser, ("channels_last",))
 
 
 BENCH_METHODS = ("dgl", *GRADIENT_METHODS)
@@ -73,10 +73,34 @@ def parse_methods(value: str) -> list[str]:
     return names
 
 
-def refuse_unless(given: bool, flag: str, what: str) -> None:
-    """The one-line refusal of an option the run would ignore (as ``degl train`` words it)."""
-    if given:
-        raise UserError(f"{flag} {what}; drop it (this run would ignore it)")
+@dataclass(frozen=True)
+class BenchSituation:
+    """What decides which options of a benchmark apply: the methods it compares."""
+
+    methods: list[str]
+
+
+AUX_RULE: Rule[BenchSituation] = Rule(
+    ("aux",),
+    lambda s: "dgl" in s.methods,
+    "applies to --method dgl (dni, cdni, ddg and fr train only the last stage's head)",
+)
+"""dgl alone of the benchmarked methods trains aux heads."""
+
+
+def refuse_ignored_options(
+    args: argparse.Namespace,
+    methods: list[str],
+    rules: Sequence[Rule[BenchSituation]],
+    own_defaults: Mapping[str, Any] | None = None,
+) -> None:
+    """Refuse, in one line as ``degl train`` does, the first option of ``rules`` that comparing
+    ``methods`` would ignore. An option at its default is never refused: ``degl train``'s default,
+    or for the benchmark's own options (not in the config) the one in ``own_defaults``."""
+    own_defaults = own_defaults or {}
+    names = {name for rule in rules for name in rule.options}
+    defaults = {name: own_defaults[name] if name in own_defaults else getattr(TrainConfig, name) for name in names}
+    refuse_ignored(rules, BenchSituation(methods), vars(args), defaults)
 
 
 def add_bench_parsers(bench: argparse.ArgumentParser) -> None:
@@ -113,7 +137,14 @@ def build_bench_models(args: argparse.Namespace) -> BenchModels:
     reference = copy.deepcopy(backbone)
     dgl_stages = [
         s.to(device)
-        for s in build_stages(backbone, args.stages, aux=args.aux, cuts=parse_cuts(args.cuts), split=args.split)
+        for s in build_stages(
+            backbone,
+            args.stages,
+            aux=args.aux,
+            cuts=parse_cuts(args.cuts),
+            split=args.split,
+            time_batch=args.batch_size,
+        )
     ]
     bp_stages = [s.to(device) for s in build_stages(reference, 1, aux=args.aux)]
     generator = torch.Generator().manual_seed(args.seed)

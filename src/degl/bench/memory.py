@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from degl.bench import (
+    AUX_RULE,
     BenchModels,
     add_common_options,
     add_method_option,
@@ -19,7 +20,7 @@ from degl.bench import (
     emit,
     headline,
     parse_methods,
-    refuse_unless,
+    refuse_ignored_options,
 )
 from degl.bench.memory_methods import as_json, bench_stages, measure_method, table
 from degl.core.measure import SavedActivationMeter
@@ -63,11 +64,7 @@ def per_stage_peaks(method: Method, x: torch.Tensor, y: torch.Tensor) -> list[in
 
 def run(args: argparse.Namespace) -> int:
     methods = parse_methods(args.method)
-    refuse_unless(
-        args.aux != "mlp-sr" and "dgl" not in methods,
-        f"--aux {args.aux}",
-        "applies to --method dgl (dni, cdni, ddg and fr train only the last stage's head)",
-    )
+    refuse_ignored_options(args, methods, (AUX_RULE,))
     models = build_bench_models(args)
     x, y = models.x, models.y
     # One untimed step each first: optimizer state (momentum buffers) exists from then on.

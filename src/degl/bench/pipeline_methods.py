@@ -24,34 +24,36 @@ from typing import Any
 
 import torch
 
-from degl.bench import refuse_unless
+from degl.bench import AUX_RULE, BenchSituation, refuse_ignored_options
 from degl.bench.method_ranks import run_methods_mode
+from degl.run.config import Rule
 from degl.runtime.launch import launch
 
 DEFAULT_MICROBATCHES = "1,2,4,8"
-DEFAULT_AUX = "mlp-sr"
+
+
+ALONE = "applies to --method dgl run alone"
+RULES: tuple[Rule[BenchSituation], ...] = (
+    Rule(("codec",), lambda s: s.methods == ["dgl"], f"{ALONE} (dni, cdni, ddg and fr send exact tensors)"),
+    Rule(
+        ("link_mbps",),
+        lambda s: s.methods == ["dgl"],
+        f"{ALONE} (the side-by-side table of several methods reports no link figures)",
+        show=lambda mbps: f"{mbps:g}",
+    ),
+    Rule(
+        ("microbatches",),
+        lambda s: s.methods == ["dgl"],
+        f"{ALONE} (the pipelined-backprop baselines run only then)",
+    ),
+    AUX_RULE,
+)
+"""When the options of ``degl bench pipeline`` apply, checked in this order."""
 
 
 def refuse_inapplicable(args: argparse.Namespace, methods: list[str]) -> None:
     """The options that apply only to ``--method dgl`` run alone (or to dgl), refused in one line."""
-    alone = "applies to --method dgl run alone"
-    refuse_unless(args.codec != "none", f"--codec {args.codec}", f"{alone} (dni, cdni, ddg and fr send exact tensors)")
-    if args.link_mbps is not None:
-        refuse_unless(
-            True,
-            f"--link-mbps {args.link_mbps:g}",
-            f"{alone} (the side-by-side table of several methods reports no link figures)",
-        )
-    refuse_unless(
-        args.microbatches != DEFAULT_MICROBATCHES,
-        f"--microbatches {args.microbatches}",
-        f"{alone} (the pipelined-backprop baselines run only then)",
-    )
-    refuse_unless(
-        args.aux != DEFAULT_AUX and "dgl" not in methods,
-        f"--aux {args.aux}",
-        "applies to --method dgl (dni, cdni, ddg and fr train only the last stage's head)",
-    )
+    refuse_ignored_options(args, methods, RULES, {"link_mbps": None, "microbatches": DEFAULT_MICROBATCHES})
 
 
 def spawn(mode: str, spec: dict[str, Any], world: int) -> list[dict[str, dict[str, Any]]]:

@@ -37,7 +37,10 @@ def add_eval_extra_arguments(parser: argparse.ArgumentParser) -> None:
         "--images", nargs="+", metavar="PATH", help="print the class of each image file / of a directory's"
     )
     group.add_argument(
-        "--exit", metavar="K|last|ensemble", help="with --images and a run: which head answers (default: last)"
+        "--exit",
+        metavar="K|last|ensemble",
+        help="with --images and a run: which head answers: stage K's (0-based), the last or the ensemble "
+        "(default: last)",
     )
 
 
