@@ -83,7 +83,16 @@ def make_stages(cfg: TrainConfig, data: Dataset) -> list[Stage]:
     )
     # Backprop trains the whole network as one stage: no cut applies.
     split_at = cfg.split_at if num_stages_for(cfg) > 1 else None
-    return build_stages(backbone, num_stages_for(cfg), aux=cfg.aux, cuts=cfg.cuts, split_at=split_at, split=cfg.split)
+    return build_stages(
+        backbone,
+        num_stages_for(cfg),
+        aux=cfg.aux,
+        cuts=cfg.cuts,
+        split_at=split_at,
+        split=cfg.split,
+        objective=cfg.objective,
+        predsim_beta=cfg.predsim_beta,
+    )
 
 
 def check_async_options(cfg: TrainConfig, num_stages: int, *, processes: int = 1) -> None:

@@ -69,4 +69,3 @@ def _checked(factory: Callable[..., Any], name: str) -> ObjectiveFactory:
         return made
 
     return build
-

@@ -131,6 +131,17 @@ TRAIN_RULES: tuple[Rule[TrainSituation], ...] = (
         "applies to methods that train aux heads (dgl, async-dgl, sgl); the others train only the last head",
     ),
     Rule(
+        ("objective",),
+        lambda s: s.cfg.method in ("dgl", "async-dgl", "sgl"),
+        "applies to methods whose stages learn from local objectives (dgl, async-dgl, sgl)",
+    ),
+    Rule(("predsim_beta",), lambda s: s.cfg.objective == "predsim", "applies to --objective predsim"),
+    Rule(
+        ("aux",),
+        lambda s: s.cfg.objective == "aux",
+        "applies to --objective aux (the other objectives bring their own heads)",
+    ),
+    Rule(
         ("synthetic_size", "num_classes"),
         lambda s: s.cfg.dataset == "synthetic",
         "applies to --dataset synthetic",

@@ -74,6 +74,15 @@ class TrainConfig:
         "(or a model's own, e.g. dni); unused by backprop, dni, cdni, ddg and fr (they train only the last "
         "stage's head)",
     )
+    objective: str = _method(
+        "aux",
+        "dgl, sgl, async-dgl: what stages 0..K-2 minimise: aux (the --aux head, cross-entropy), predsim "
+        "(prediction + similarity matching), sim (similarity matching alone), or path/to/file.py:FUNCTION "
+        "(a function (in_shape, num_classes) returning your own objective module)",
+    )
+    predsim_beta: float | None = _method(
+        None, "--objective predsim: weight of similarity matching, strictly between 0 and 1 (default 0.99)"
+    )
     buffer: int = _method(0, "async-dgl: replay buffer capacity M in batches between stages (0: synchronous)")
     async_order: str | None = _method(
         None,

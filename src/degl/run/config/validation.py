@@ -14,6 +14,7 @@ import sys
 
 from degl.core.alternatives import GRADIENT_METHODS
 from degl.core.codecs import parse_codec
+from degl.core.objectives import OBJECTIVES
 from degl.errors import UserError
 from degl.run.config.fields import TrainConfig, config_fields, flag_of
 
@@ -33,6 +34,15 @@ def validate(cfg: TrainConfig) -> None:
         from degl.run.tensorboard import resolve
 
         resolve(cfg.tensorboard)  # asked for explicitly: fail now, before the run directory exists
+    if cfg.objective not in OBJECTIVES and ":" not in cfg.objective:
+        raise UserError(
+            f"unknown --objective {cfg.objective!r}; choose one of: {', '.join(OBJECTIVES)}, "
+            "or path/to/file.py:FUNCTION"
+        )
+    if cfg.predsim_beta is not None and not 0.0 < cfg.predsim_beta < 1.0:
+        raise UserError(
+            f"--predsim-beta must be strictly between 0 and 1 (sim alone is --objective sim), got {cfg.predsim_beta}"
+        )
     for name in POSITIVE_INTS:
         if getattr(cfg, name) < 1:
             raise UserError(f"{flag_of(name)} must be a positive integer, got {getattr(cfg, name)}")
