@@ -43,7 +43,7 @@ def main() -> int:
     parser.add_argument("--out", default="runs/demo/pipeline")
     parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--cuts", default="3", help="where stages 2..K start (block indices; default: 3)")
+    parser.add_argument("--cuts", default="3", help="where stages 1..K-1 start (0-based block indices; default: 3)")
     args = parser.parse_args()
     out, k = Path(args.out), args.workers
     common = [

@@ -131,6 +131,7 @@ MODELS_FLAGS = [
     "--input-shape",
     "--json",
     "--num-classes",
+    "--objective",
     "--split",
     "--split-at",
     "--stages",

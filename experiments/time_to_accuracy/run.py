@@ -29,7 +29,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", default="cnn6")
     parser.add_argument("--width", type=float, default=0.125)
     parser.add_argument("--workers", type=int, default=2, help="pipeline processes = stages = cores (default: 2)")
-    parser.add_argument("--cuts", default="3", help="where stages 2..K start, block indices (default: 3)")
+    parser.add_argument("--cuts", default="3", help="where stages 1..K-1 start, 0-based block indices (default: 3)")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-size", type=int, default=None)

@@ -232,7 +232,7 @@ def build_stages(
         cuts = resolve(split_at)
     if num_stages is None:
         raise ParameterError(
-            "build_stages needs {num_stages}, or {split_at} (the names where stages 2..K begin)",
+            "build_stages needs {num_stages}, or {split_at} (the names where stages 1..K-1 begin, 0-based)",
             num_stages=num_stages,
             split_at=split_at,
         )

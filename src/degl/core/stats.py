@@ -163,6 +163,19 @@ def count_macs(module: nn.Module, in_shape: Sequence[int]) -> int:
             m.train(mode)
 
 
+def objective_macs(head: nn.Module, in_shape: Sequence[int]) -> int:
+    """MACs per sample of what a stage's head computes in training: its forward, and for a local
+    objective its ``local_loss`` too (projections, similarity matrices), on a batch of two."""
+    if not callable(getattr(head, "local_loss", None)):
+        return count_macs(head, in_shape)
+    from torch.utils.flop_counter import FlopCounterMode
+
+    features = torch.zeros(2, *in_shape)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        head.local_loss(features, head(features), torch.zeros(2, dtype=torch.long))
+    return counter.get_total_flops() // 2 // 2
+
+
 def num_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -175,9 +188,10 @@ def backbone_stats(
     split: str = "auto",
     cuts: Sequence[int] | None = None,
     split_at: Sequence[str] | None = None,
+    objective: str = "aux",
 ) -> ModelStats:
     """Split ``backbone`` exactly as training would (:func:`~degl.core.split.build_stages`) and measure it."""
-    stages = build_stages(backbone, num_stages, aux=aux, split=split, cuts=cuts, split_at=split_at)
+    stages = build_stages(backbone, num_stages, aux=aux, split=split, cuts=cuts, split_at=split_at, objective=objective)
     rows: list[StageStats] = []
     for stage in stages:
         last = stage.index == len(stages) - 1
@@ -190,9 +204,11 @@ def backbone_stats(
                 out_shape=list(stage.out_shape),
                 params=num_params(stage.block),
                 macs=count_macs(stage.block, stage.in_shape),
-                head="classifier" if last else aux,
+                head="classifier" if last else aux if objective == "aux" else objective,
                 aux_params=num_params(stage.head),
-                aux_macs=count_macs(stage.head, stage.out_shape),
+                aux_macs=count_macs(stage.head, stage.out_shape)
+                if last
+                else objective_macs(stage.head, stage.out_shape),
             )
         )
     head = stages[-1].head
@@ -201,7 +217,7 @@ def backbone_stats(
         model=backbone.name,
         input_shape=list(backbone.input_shape),
         num_classes=linears[-1].out_features if linears else 0,
-        aux=aux,
+        aux=aux if objective == "aux" else f"none (objective {objective})",
         stages=rows,
         cuts=[s.block_indices[0] for s in stages[1:]],
         cut_names=[backbone.block_names[s.block_indices[0]] for s in stages[1:]],
@@ -220,8 +236,9 @@ def model_stats(
     width: float = 1.0,
     num_classes: int | None = 10,
     split_at: Sequence[str] | None = None,
+    objective: str = "aux",
 ) -> ModelStats:
     """Build the model ``name`` (registered, ``torchvision:NAME`` or ``FILE.py:FUNCTION``, see
     :func:`~degl.models.build_model`) and measure its split into ``num_stages`` stages."""
     backbone = build_model(name, width=width, input_shape=input_shape, num_classes=num_classes)
-    return backbone_stats(backbone, num_stages, aux=aux, split=split, cuts=cuts, split_at=split_at)
+    return backbone_stats(backbone, num_stages, aux=aux, split=split, cuts=cuts, split_at=split_at, objective=objective)

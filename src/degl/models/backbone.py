@@ -90,7 +90,9 @@ def resolve_split_at(
                 f"than one tensor crosses there); valid split points: {valid}"
             )
         if position == 0:
-            raise UserError(f"split_at: {name!r} is where the first stage begins; name where stages 2..K begin")
+            raise UserError(
+                f"split_at: {name!r} is where the first stage begins; name where stages 1..K-1 begin (0-based)"
+            )
         cuts.append(position)
     for (a, ca), (b, cb) in zip(zip(split_at, cuts), zip(split_at[1:], cuts[1:])):
         if cb <= ca:

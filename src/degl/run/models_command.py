@@ -12,7 +12,7 @@ import json
 from degl.errors import UserError
 from degl.run.config import TrainConfig, add_config_options, flag_of, parse_cuts, parse_names, parse_shape
 
-STATS_OPTIONS = ("stages", "split_at", "aux", "split", "cuts", "input_shape", "width", "num_classes")
+STATS_OPTIONS = ("stages", "split_at", "aux", "objective", "split", "cuts", "input_shape", "width", "num_classes")
 """The options of ``degl train`` that ``--stats`` reads; none of them means anything without it."""
 STATS_DEFAULTS = {"stages": None, "input_shape": None, "num_classes": None}
 """Not given by default: the stages are required, the shape and the classes are the model's."""
@@ -114,6 +114,7 @@ def model_stats_command(args: argparse.Namespace) -> int:
         width=args.width,
         num_classes=classes,
         split_at=split_at,
+        objective=args.objective,
     )
     if args.json:
         print(json.dumps(result.to_json()))
