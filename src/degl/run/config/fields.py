@@ -213,7 +213,7 @@ class TrainConfig:
     )
     max_steps: int | None = _run(None, "stop after N training steps in this invocation (checkpointed)")
     out: str | None = _run(None, "run directory (default runs/<method>-<model>-<time>)")
-    progress: bool = _run(True, "progress bars on stderr")
+    progress: bool | None = _run(None, "progress bars on stderr (unset: drawn when stderr is a terminal)")
     on_nonfinite: str = _run(
         "stop",
         "a NaN or infinite loss: stop the run with one error line (its last finite checkpoint kept), or warn "
