@@ -99,3 +99,20 @@ def fail_on_rank_1_while_rank_0_computes(env: degl.DistEnv) -> None:
     import time
 
     time.sleep(120)  # local work that never talks to rank 1: only the launcher can stop it
+
+
+def async_with_a_slow_first_rank(env):
+    """The last rank is through its budget long before the slowed first one (longer than the process
+    group's timeout in the test): released, the first rank keeps telling it that it is alive."""
+    result = degl.train_stage(
+        env,
+        tiny_stages(2),
+        sgd,
+        train_batches=tiny_batches(8) if env.rank == 0 else None,
+        epochs=4,
+        method="async-dgl",
+        buffer_size=4,
+        slowdown=100.0 if env.rank == 0 else 1.0,
+        progress=False,
+    )
+    return [r["steps"] for r in result.history[-1]["reports"]] if env.rank == 0 else None

@@ -5,6 +5,7 @@ import torch
 
 import degl
 from launch_fns import (
+    async_with_a_slow_first_rank,
     async_with_a_slow_last_rank,
     fail_on_rank_one,
     kill_rank_one,
@@ -106,3 +107,11 @@ def test_async_fast_rank_waits_for_the_slow_one_longer_than_the_timeout():
     steps, served, _ = degl.launch(async_with_a_slow_last_rank, 2, timeout_s=1.0)[0]
     assert steps == [32, 32]  # every rank did exactly epochs x batches updates
     assert served[0] > 0 and served[1] == 0  # rank 0 kept feeding the slow rank, frozen
+
+
+def test_async_fast_last_rank_waits_for_a_slow_first_rank_longer_than_the_timeout():
+    # Rank 1 reuses its buffered batches and is through its 32 updates in a moment; rank 0, 100 times
+    # slower, trains for seconds more with nothing to send (it was released), while a rank gives up
+    # on a peer silent for 1 s. Its signs of life keep rank 1 waiting for its last message.
+    steps = degl.launch(async_with_a_slow_first_rank, 2, timeout_s=1.0)[0]
+    assert steps == [32, 32]

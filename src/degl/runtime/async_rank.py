@@ -33,7 +33,7 @@ import torch.distributed as dist
 from degl.core.accounting import Position, train_line
 from degl.core.evaluate import EvalResult
 from degl.core.replay_buffer import ReplayBuffer
-from degl.runtime.plan import DATA, DONE, pack, unpack
+from degl.runtime.plan import ALIVE, DATA, DONE, pack, unpack
 from degl.runtime.stopping import StopPolicy
 from degl.runtime.sync_rank import SyncRank
 from degl.runtime.transport import BackgroundInbox, PeerError
@@ -114,6 +114,7 @@ class AsyncRank(SyncRank):
         self.staleness_sum = 0.0
         self.newest = -1
         self.recv_wait_s = 0.0
+        self._last_sent = time.perf_counter()
         self._listener: ReleaseListener | None = None
         self._release: dist.Work | None = None
         self._release_group: Any = None  # the process group of the releases, made in fit()
@@ -164,8 +165,17 @@ class AsyncRank(SyncRank):
         self._send(out, y)
 
     def _send(self, out: torch.Tensor, y: torch.Tensor) -> None:
-        if self.link.outbox is not None and not self.released:
+        if self.link.outbox is None:
+            return
+        now = time.perf_counter()
+        if not self.released:
             self.link.outbox.send([*self._encode(out, train=True), pack(y, DATA, 0, self.steps)])
+            self._last_sent = now
+        elif now - self._last_sent > self.timeout_s / 4:
+            # Released, this rank sends nothing its successor needs, yet may train for longer than the
+            # successor waits on a silent peer (a slowed rank before a fast one): a sign of life.
+            self._send_control(ALIVE, self.plan.train_sizes[0])
+            self._last_sent = now
 
     def _send_release(self) -> None:
         """Tell the predecessor its outputs are no longer needed (exactly once per run)."""
@@ -208,6 +218,8 @@ class AsyncRank(SyncRank):
             y, control, _, step = unpack(meta)
             if control == DONE:
                 return True
+            if control == ALIVE:
+                continue
             x = self._decode(parts, train=True)  # every message, in order: a vq codebook stays in sync
             self.buffer.put(x, y, step=step)
             self.newest = max(self.newest, step)

@@ -29,6 +29,8 @@ class DistEnv:
     local_rank: int
     launcher: str  # "torchrun" or "degl"
     device: torch.device = CPU
+    timeout_s: float = 300.0
+    """How long this rank waits on a silent peer (the process group's timeout)."""
 
     def on(self, device: torch.device) -> DistEnv:
         return replace(self, device=device)

@@ -21,6 +21,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -164,7 +165,7 @@ def setup_rank(*, threads: int | None, pin: bool, device: str, timeout_s: float)
     if pin and not device.startswith("cuda"):
         pin_cpus(env.local_rank, threads, local_world)
     torch.set_num_threads(threads)
-    env = env.on(device_for(env, device))
+    env = replace(env.on(device_for(env, device)), timeout_s=timeout_s)
     init_process_group(env, env.device, timeout_s)
     return env
 

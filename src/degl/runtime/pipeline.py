@@ -151,6 +151,7 @@ def train_stage(
         buffers=BufferOptions(buffer_size, max_reuse=max_reuse) if method == "async-dgl" else None,
         seed=seed,
         queue_depth=max_in_flight,
+        timeout_s=env.timeout_s,
         train_batches=source,
         test_batches=_OnDevice(test_batches, device) if env.rank == 0 and test_batches is not None else None,
         progress=progress,

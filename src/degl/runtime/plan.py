@@ -26,7 +26,8 @@ from degl.core.accounting import Position
 from degl.core.step import StageStep
 from degl.runtime.transport import Inbox, Outbox
 
-DATA, STOP, DONE = 0, 1, 2
+DATA, STOP, DONE, ALIVE = 0, 1, 2, 3
+"""Control codes: a batch, stop the line, the last message, a released rank's sign of life."""
 WIRE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
