@@ -173,7 +173,7 @@ def objective_macs(head: nn.Module, in_shape: Sequence[int]) -> int:
     features = torch.zeros(2, *in_shape)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         head.local_loss(features, head(features), torch.zeros(2, dtype=torch.long))
-    return counter.get_total_flops() // 2 // 2
+    return counter.get_total_flops() // 2 // len(features)  # a MAC is two FLOPs; per sample
 
 
 def num_params(module: nn.Module) -> int:

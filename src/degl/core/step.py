@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from degl.core.objectives.base import objective_loss
+from degl.core.objectives.base import stage_loss
 from degl.core.stage import Stage
 from degl.errors import UserError
 
@@ -126,6 +126,7 @@ class StageStep:
         self.scheduler = scheduler
         self.scaler = self.precision.make_scaler()
         self.loss_fn = loss_fn or cross_entropy
+        self.stage_loss = stage_loss(stage.head, self.loss_fn)
         self.reset_at_decay = reset_at_decay
 
     @property
@@ -142,7 +143,7 @@ class StageStep:
         optimizer.zero_grad(set_to_none=True)
         with self.precision.autocast():
             features, logits = self.stage(x)
-            loss = objective_loss(self.stage.head, features, logits, y, self.loss_fn)
+            loss = self.stage_loss(features, logits, y)
         if scaler is None:
             loss.backward()
             optimizer.step()
@@ -165,7 +166,7 @@ class StageStep:
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             with self.precision.autocast():
                 features, logits = self.stage(x)
-                loss = objective_loss(self.stage.head, features, logits, y, self.loss_fn)
+                loss = self.stage_loss(features, logits, y)
             torch.autograd.grad(loss, params, allow_unused=True)
         with torch.no_grad():
             for saved, buffer in zip(buffers, self.stage.buffers()):

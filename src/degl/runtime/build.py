@@ -55,9 +55,12 @@ def make_step(
 
     ``seed`` starts the dni/cdni synthesizers as the one-process run starts them.
     """
-    options: dict[str, Any] = {"precision": precision, "device": device, "reset_at_decay": reset_at_decay}
-    if loss_fn is not None:
-        options["loss_fn"] = loss_fn
+    options: dict[str, Any] = {
+        "precision": precision,
+        "device": device,
+        "reset_at_decay": reset_at_decay,
+        "loss_fn": loss_fn,
+    }
     if method in GRADIENT_METHODS:
         return make_gradient_step(
             method,

@@ -19,6 +19,7 @@ A loop with no hooks calls nothing and installs nothing on its transports. Times
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from degl.runtime.control import ProgressBoard, StepBar
@@ -44,6 +45,16 @@ class RankHooks:
 
     def on_window(self, rank: Any) -> None:
         pass
+
+
+def wait_reporter(hooks: Sequence[RankHooks], rank: Any, name: str) -> Callable[[float, float], None]:
+    """A transport's ``on_wait(start, end)`` callback telling every hook of a ``name`` wait."""
+
+    def on_wait(start: float, end: float) -> None:
+        for hook in hooks:
+            hook.on_wait(rank, name, start, end)
+
+    return on_wait
 
 
 class ProgressHooks(RankHooks):

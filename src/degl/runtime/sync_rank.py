@@ -29,7 +29,7 @@ from degl.core.codecs import build_codec
 from degl.core.evaluate import EvalAccumulator, EvalResult, ensemble_weight
 from degl.core.step import StageStep
 from degl.runtime.control import ProgressBoard, progress_bar, progress_note, slowest_in_reports
-from degl.runtime.hooks import RankHooks
+from degl.runtime.hooks import RankHooks, wait_reporter
 from degl.runtime.plan import DATA, STOP, BatchSource, ExtraWork, Link, Plan, Recorder, Timing, pack, unpack
 from degl.runtime.stopping import StopPolicy
 from degl.runtime.transport import TensorSpec
@@ -116,7 +116,7 @@ class SyncRank:
     def watch(self, transport: Any, name: str) -> None:
         """Tell the hooks of ``transport``'s blocking waits (nothing is installed without hooks)."""
         if self.hooks:
-            transport.on_wait = lambda start, end: [hook.on_wait(self, name, start, end) for hook in self.hooks]
+            transport.on_wait = wait_reporter(self.hooks, self, name)
 
     def _stepped(self, start: float, compute_before: float, *, trained: bool) -> None:
         if self.hooks:

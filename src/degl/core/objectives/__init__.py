@@ -17,12 +17,12 @@ from typing import Any
 
 from torch import nn
 
-from degl.core.objectives.base import LocalObjective, objective_loss
+from degl.core.objectives.base import LocalObjective, stage_loss
 from degl.core.objectives.predsim import PredSim
 from degl.errors import UserError
 from degl.models.external import load_function
 
-__all__ = ["OBJECTIVES", "LocalObjective", "ObjectiveFactory", "objective_factory", "objective_loss"]
+__all__ = ["OBJECTIVES", "LocalObjective", "ObjectiveFactory", "objective_factory", "stage_loss"]
 
 OBJECTIVES = ("aux", "predsim", "sim")
 DEFAULT_BETA = 0.99

@@ -11,6 +11,8 @@ optimizer, checkpointed in the stage file and moved with the stage, in every run
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -33,17 +35,25 @@ class LocalObjective(nn.Module):
         raise NotImplementedError
 
 
-def objective_loss(
-    head: nn.Module, features: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, loss_fn: object
-) -> torch.Tensor:
-    """The loss a stage minimises: its objective's, or (a plain head: ``aux``) ``loss_fn(logits, y)``."""
+StageLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""``f(features, logits, y) -> scalar``: what one stage's step minimises."""
+
+
+def stage_loss(head: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> StageLoss:
+    """The loss a stage with ``head`` minimises, decided once per stage (not on every step): its
+    objective's ``local_loss``, or for a plain head (``aux``) ``loss_fn(logits, y)``."""
     local_loss = getattr(head, "local_loss", None)
-    if local_loss is not None:
+    if local_loss is None:
+        return lambda features, logits, y: loss_fn(logits, y)
+
+    def checked(features: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         loss = local_loss(features, logits, y)
         if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+            shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else ""
             raise UserError(
                 f"objective {type(head).__name__}.local_loss must return a scalar tensor, "
-                f"got {type(loss).__name__}{'' if not isinstance(loss, torch.Tensor) else tuple(loss.shape)}"
+                f"got {type(loss).__name__}{shape}"
             )
         return loss
-    return loss_fn(logits, y)  # type: ignore[operator]
+
+    return checked

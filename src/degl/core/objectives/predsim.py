@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from degl.core.objectives.base import LocalObjective
+from degl.models.heads import TokenMean
 
 POOLED_FEATURES = 2048
 """The prediction head's input size at most (PredSim pools feature maps down to it)."""
@@ -61,7 +62,7 @@ class PredSim(LocalObjective):
             self.project: nn.Module = nn.Conv2d(shape[0], shape[0], 3, padding=1, bias=False)
         else:
             features = shape[-1]
-            self.pool = _TokenMean() if len(shape) == 2 else nn.Identity()
+            self.pool = TokenMean() if len(shape) == 2 else nn.Identity()
             self.project = nn.Linear(features, features, bias=False)
         self.classifier = nn.Linear(features, num_classes)
 
@@ -75,19 +76,10 @@ class PredSim(LocalObjective):
         if self.beta == 0.0:
             self.terms = {"pred": pred.detach()}
             return pred
-        projected = self.project(_as_map_or_flat(features))
+        projected = self.project(self.pool(features) if features.dim() == 3 else features)
         target = similarity(F.one_hot(y, self.num_classes).float())
         sim = F.mse_loss(similarity(projected), target)
         self.terms = {"pred": pred.detach(), "sim": sim.detach()}
         if self.beta == 1.0:
             return sim + pred  # pred trains the readout only (its input is detached)
         return (1 - self.beta) * pred + self.beta * sim
-
-
-class _TokenMean(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.mean(dim=1)
-
-
-def _as_map_or_flat(features: torch.Tensor) -> torch.Tensor:
-    return features.mean(dim=1) if features.dim() == 3 else features
